@@ -1,0 +1,74 @@
+"""Shared CLI plumbing: global flags, one-line errors, progress bars, JSON or human output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from slimdeploy.errors import NotYetAvailable
+
+
+@dataclass
+class GlobalFlags:
+    quiet: bool = False
+    json: bool = False
+    debug: bool = False
+
+
+FLAGS = GlobalFlags()
+
+
+def not_yet(command: str, issue: str) -> None:
+    raise NotYetAvailable(f"`slimdeploy {command}` is not available yet: it lands with {issue}")
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """Yields update(done, total, **fields); silent under --quiet / --json or when stderr is not a TTY-able."""
+    if FLAGS.quiet or FLAGS.json:
+        yield lambda *a, **k: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        transient=False,
+        console=_console(),
+    ) as progress:
+        task = progress.add_task(description, total=None, info="")
+
+        def update(done: int, total: int, **fields: Any) -> None:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+            progress.update(task, completed=done, total=total, info=info)
+
+        yield update
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def emit(result: Any, human: Callable[[Any], None] | None = None) -> None:
+    """--json prints the result as JSON on stdout; otherwise `human` renders it (or JSON, indented)."""
+    if FLAGS.json:
+        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
+    elif human is not None:
+        human(result)
+    else:
+        sys.stdout.write(json.dumps(result, indent=1, default=str) + "\n")
+
+
+def info(message: str) -> None:
+    if not (FLAGS.quiet or FLAGS.json):
+        _console().print(message)

@@ -1,0 +1,51 @@
+"""The eval stage: model + text source -> perplexity report (numbers, protocol, data fingerprint)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity
+
+
+def default_protocol(model, context_length: int | None = None, stride: int | None = None, boundary: str = "bos",
+                     doc_split: str = "none") -> PerplexityProtocol:
+    max_pos = getattr(model.config, "max_position_embeddings", None) or 512
+    ctx = context_length or min(512, max_pos)
+    if ctx > max_pos:
+        raise SlimdeployError(f"--context-length {ctx} exceeds the model's max_position_embeddings {max_pos}")
+    return PerplexityProtocol(ctx, stride or max(1, ctx // 2), boundary, doc_split)
+
+
+def evaluate_loaded(model, tokenizer, data: str | None, protocol_args: dict, max_tokens: int | None = None,
+                    batch_size: int = 8, progress=None) -> dict:
+    """Perplexity of an in-memory model on a text source (None: the demo corpus' held-out split)."""
+    from slimdeploy.load.data import load_texts, split_documents, token_stream
+
+    source = load_texts(data, split="eval")
+    protocol = default_protocol(model, **protocol_args)
+    docs = split_documents(source.docs, protocol.doc_split) if source.kind == "text" else source.docs
+    stream = token_stream(tokenizer, docs, protocol.boundary)
+    if max_tokens:
+        stream = stream[:max_tokens]
+    result = perplexity(model, stream, protocol, batch_size=batch_size, progress=progress)
+    result["data"] = source.fingerprint
+    return result
+
+
+def evaluate_perplexity(model_spec, data, context_length=None, stride=None, boundary="bos", doc_split="none",
+                        max_tokens=None,
+                        batch_size=8, dtype="fp32", trust_remote_code=False, progress_factory=None) -> dict:
+    """The `slimdeploy eval` stage: load, then score."""
+    from slimdeploy.load.model import load_model
+
+    loaded = load_model(model_spec, dtype, trust_remote_code)
+    bar = progress_factory("perplexity") if progress_factory else nullcontext(None)
+    with bar as update:
+        result = evaluate_loaded(
+            loaded.model, loaded.tokenizer, data,
+            {"context_length": context_length, "stride": stride, "boundary": boundary, "doc_split": doc_split}, max_tokens, batch_size, update,
+        )
+    result["model"] = loaded.source
+    result["dtype"] = dtype
+    return result

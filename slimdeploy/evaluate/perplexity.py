@@ -1,0 +1,90 @@
+"""Sliding-window perplexity with an explicit, recorded protocol.
+
+Protocol: the documents form one token stream: with boundary "bos" every document starts with BOS (how
+llama-style models are trained), with "eos" documents are joined by EOS, with "none" simply concatenated.
+Text files are one document unless doc_split is "blank-line" (paragraphs become documents). Windows of
+`context_length` tokens start every `stride` tokens; each target token is scored exactly once, in the first
+window that contains it with at least one token of context (so with stride < context every token after the
+first window sees at least context - stride tokens of history). The first token is never scored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from slimdeploy.errors import SlimdeployError
+
+
+@dataclass(frozen=True)
+class PerplexityProtocol:
+    context_length: int = 512
+    stride: int = 256
+    boundary: str = "bos"  # bos | eos | none
+    doc_split: str = "none"  # none | blank-line (text files only: paragraphs become documents)
+
+    def check(self, n_tokens: int) -> None:
+        if self.boundary not in ("bos", "eos", "none") or self.doc_split not in ("blank-line", "none"):
+            raise SlimdeployError("boundary must be bos|eos|none and doc_split blank-line|none")
+        if self.context_length < 2 or not 1 <= self.stride <= self.context_length:
+            raise SlimdeployError(
+                f"need context_length >= 2 and 1 <= stride <= context_length (got {self.context_length}, {self.stride})"
+            )
+        if n_tokens < self.context_length + 1:
+            raise SlimdeployError(
+                f"text too short: {n_tokens} tokens, fewer than one window of {self.context_length} + 1; "
+                "pass more text or a smaller --context-length"
+            )
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first_target) per window; targets first_target..end-1 are scored in that window."""
+    out, prev_end, begin = [], 1, 0
+    while prev_end < n_tokens:
+        end = min(begin + context, n_tokens)
+        out.append((begin, end, max(prev_end, begin + 1)))
+        prev_end = end
+        begin += stride
+    return out
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL of input_ids[:, 1:] given logits[:, :-1], computed in fp32: (batch, seq-1)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def perplexity(model, stream: torch.Tensor, protocol: PerplexityProtocol, batch_size: int = 8, progress=None) -> dict:
+    """Score `stream` (1-D token ids) under `protocol`; returns tokens scored, mean NLL, ppl, wall time."""
+    protocol.check(len(stream))
+    wins = windows(len(stream), protocol.context_length, protocol.stride)
+    t0 = time.perf_counter()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    i = 0
+    while i < len(wins):
+        length = wins[i][1] - wins[i][0]
+        group = [w for w in wins[i : i + batch_size] if w[1] - w[0] == length]  # batch equal lengths only
+        ids = torch.stack([stream[b:e] for b, e, _ in group]).to(device)
+        nll = token_nll(model(input_ids=ids).logits, ids)
+        for row, (b, e, first) in enumerate(group):
+            scored = nll[row, first - b - 1 : e - b - 1]
+            total += scored.double().sum().item()
+            count += scored.numel()
+        i += len(group)
+        if progress:
+            progress(i, len(wins))
+    if count != len(stream) - 1:
+        raise AssertionError(f"scored {count} tokens, expected {len(stream) - 1}")
+    mean = total / count
+    return {
+        "tokens_scored": count,
+        "nll": mean,
+        "ppl": math.exp(mean),
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "protocol": asdict(protocol),
+    }

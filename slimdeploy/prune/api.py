@@ -1,0 +1,147 @@
+"""prune(model, config, batches): score -> allocate -> (Surgeon update) -> slice, in `shots` steps."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
+from slimdeploy.analyze.groups import layer_params
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.prune.apply import apply_plan, record_of
+from slimdeploy.prune.plan import Budget, PrunePlan, make_plan
+from slimdeploy.score import surgeon
+from slimdeploy.score.api import CRITERIA, score
+
+Structure = Literal["mlp", "head", "kv", "layer"]
+
+
+class PruneConfig(BaseModel):
+    """What to remove and how to choose it. Unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(0.2, gt=0, lt=1, description="fraction of all parameters removed")
+    criterion: str = Field("wanda", description=f"one of {', '.join(CRITERIA)}")
+    allocation: Literal["uniform", "global"] = "uniform"
+    structures: list[Structure] = Field(default_factory=lambda: ["mlp", "head"])
+    round_to: int = Field(64, ge=1, description="kept MLP widths are multiples of this")
+    tp_size: int = Field(1, ge=1, description="keep head and channel counts divisible for tensor parallel")
+    attn_share: float | None = Field(None, ge=0, le=1, description="share of the removal taken from attention")
+    layer_share: float | None = Field(None, ge=0, le=1, description="share taken by dropping whole layers")
+    protect_first: int = Field(0, ge=0)
+    protect_last: int = Field(0, ge=0)
+    shots: int = Field(1, ge=1, le=16, description="multi-shot: prune in steps, re-scoring after each")
+    update: Literal["auto", "none", "cols", "both"] = Field(
+        "auto", description="Surgeon OBS update: consumer columns, also producer rows, or none (auto: cols)")
+    data: str | None = Field(None, description="calibration text (.txt/.jsonl/hf:); default: demo corpus")
+    n_samples: int = Field(32, ge=1)
+    seq_len: int = Field(256, ge=8)
+    seed: int = 0
+
+    @field_validator("criterion")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in CRITERIA:
+            raise ValueError(f"unknown criterion {v!r}; choose one of {', '.join(CRITERIA)}")
+        return v
+
+    @field_validator("structures")
+    @classmethod
+    def _nonempty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("structures must name at least one of mlp, head, kv, layer")
+        return list(dict.fromkeys(v))
+
+
+def make_budget(model) -> Budget:
+    layers = decoder_layers(model)
+    return Budget(
+        total_params=sum(p.numel() for p in model.parameters()),
+        hidden=model.config.hidden_size,
+        layouts=[layer_layout(layer) for layer in layers],
+        layer_params=[layer_params(layer) for layer in layers],
+        qkv_bias=layers[0].self_attn.q_proj.bias is not None,
+    )
+
+
+def _complement(n: int, keep: torch.Tensor) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[keep] = False
+    return mask.nonzero().flatten()
+
+
+def obs_update(model, plan: PrunePlan, stats, mode: str) -> None:
+    """Before slicing, let the remaining weights absorb the removed groups (The LLM Surgeon's update)."""
+    layers = decoder_layers(model)
+    for li, lp in enumerate(plan.layers):
+        if lp is None:
+            continue
+        lay, lin, st = layer_layout(layers[li]), linears(layers[li]), stats[li]
+        hd = lay.head_dim
+        removed_mlp = _complement(lay.intermediate, lp.mlp_keep)
+        removed_heads = _complement(lay.heads, lp.heads_keep)
+        removed_q = (removed_heads[:, None] * hd + torch.arange(hd)).flatten()
+        with torch.no_grad():
+            for name, removed in (("down", removed_mlp), ("o", removed_q)):
+                A_inv = surgeon.damped_inverse(st.inputs[name].A)
+                lin[name].weight.copy_(surgeon.remove_columns_update(lin[name].weight, A_inv, removed))
+            if mode == "both" and st.out_grads:
+                removed_kv = _complement(lay.kv_heads, lp.kv_keep)
+                removed_kvrows = (removed_kv[:, None] * hd + torch.arange(hd)).flatten()
+                for name, removed in (("gate", removed_mlp), ("up", removed_mlp), ("q", removed_q),
+                                      ("k", removed_kvrows), ("v", removed_kvrows)):
+                    G_inv = surgeon.damped_inverse(st.out_grads[name].A)
+                    lin[name].weight.copy_(surgeon.remove_rows_update(lin[name].weight, G_inv, removed))
+
+
+def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=None) -> dict:
+    """Prune `model` in place to about (1 - ratio) of its parameters; returns a report of what was done."""
+    family_of(model)  # refuses unsupported architectures before any work
+    t0 = time.perf_counter()
+    p0 = sum(p.numel() for p in model.parameters())
+    record_of(model)
+    kinds = set(config.structures)
+    update = config.update if config.update != "auto" else ("cols" if config.criterion == "surgeon" else "none")
+    if update != "none" and config.criterion != "surgeon":
+        raise SlimdeployError("the OBS weight update needs curvature: use it with criterion surgeon")
+    shots = []
+    for shot in range(1, config.shots + 1):
+        goal = p0 * (1 - config.ratio * shot / config.shots)  # parameters left after this shot
+        budget = make_budget(model)
+        ratio_now = 1 - goal / budget.total_params
+        if ratio_now <= 0.001:
+            continue
+        if config.criterion == "surgeon" and update != "none" and kinds & {"mlp", "head", "kv"} and "layer" in kinds:
+            raise SlimdeployError("the Surgeon update cannot be combined with layer dropping in one shot")
+        scores = score(model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds,
+                       progress=progress)
+        plan = make_plan(scores.per_layer, budget, ratio_now, kinds, config.allocation, config.round_to,
+                         config.tp_size, config.attn_share, config.protect_first, config.protect_last,
+                         scores.layer, config.layer_share)
+        if update != "none":
+            obs_update(model, plan, scores.stats, update)
+        apply_plan(model, plan)
+        after = sum(p.numel() for p in model.parameters())
+        if after != plan.predicted_params:
+            raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {after}")
+        shots.append({"shot": shot, "params": after})
+    p1 = sum(p.numel() for p in model.parameters())
+    if p1 == p0:
+        raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
+    return {
+        "params_before": p0,
+        "params_after": p1,
+        "removed_fraction": 1 - p1 / p0,
+        "criterion": config.criterion,
+        "update": update,
+        "shots": shots,
+        "widths": record_of(model)["layers"] and [
+            {"heads": lay.heads, "kv_heads": lay.kv_heads, "intermediate": lay.intermediate}
+            for lay in (layer_layout(layer) for layer in decoder_layers(model))
+        ],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -1,0 +1,62 @@
+"""Importance criteria as pure tensor functions. Higher score = more important = kept.
+
+Separable criteria give an element-wise importance map E (same shape as W); a group's score is the sum of
+E over the rows/columns it owns in every projection (see analyze/groups.py):
+
+- l1 / l2 (magnitude baselines):   E = |W|  /  E = W^2
+- wanda (Wanda-sp, An et al. 2024): E = |W_ij| * ||X_j||_2, X the calibration inputs of the layer
+- flap (An et al. 2024, fluctuation): consumer columns only, E_ij = W_ij^2 * Var(X_j): how much the
+  output moves when input channel j is replaced by its mean; producer rows score 0
+- taylor (LLM-Pruner, first order): E = |W * dL/dW| from full-weight gradients (the memory-heavy one)
+- loraprune (Zhang et al. 2023): E = |G_est * (W + s*B@A)| with G_est = gB@A + B@gA - gB@gA, from LoRA
+  gradients only; smoothed over batches by a moving average (see score/loraprune.py)
+
+The LLM Surgeon's structured OBS costs are not separable and live in score/surgeon.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slimdeploy.analyze.groups import ROWS
+
+SEPARABLE = ("l1", "l2", "random", "wanda", "flap", "taylor", "loraprune")
+
+
+def magnitude_map(W: torch.Tensor, p: int = 2) -> torch.Tensor:
+    return W.abs() if p == 1 else W.pow(2)
+
+
+def wanda_map(W: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
+    return W.abs() * x_norm[None, :]
+
+
+def flap_map(W: torch.Tensor, x_var: torch.Tensor, is_consumer: bool) -> torch.Tensor:
+    return W.pow(2) * x_var[None, :] if is_consumer else torch.zeros_like(W)
+
+
+def taylor_map(W: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return (W * grad).abs()
+
+
+def lora_grad_estimate(A: torch.Tensor, B: torch.Tensor, gA: torch.Tensor, gB: torch.Tensor) -> torch.Tensor:
+    """LoRAPrune's estimate of dL/d(BA) from the LoRA factors' gradients: gB A + B gA - gB gA."""
+    return gB @ A + B @ gA - gB @ gA
+
+
+def loraprune_map(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gA: torch.Tensor, gB: torch.Tensor,
+                  scaling: float) -> torch.Tensor:
+    return (lora_grad_estimate(A, B, gA, gB) * (W + scaling * (B @ A))).abs()
+
+
+def block_sums(E: torch.Tensor, blocks: torch.Tensor, axis: int) -> torch.Tensor:
+    """Sum an element map over each block of rows (axis ROWS) or columns (axis COLS): (n_blocks,)."""
+    per_index = E.sum(1) if axis == ROWS else E.sum(0)
+    return per_index[blocks].sum(-1)
+
+
+def random_scores(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+CONSUMERS = ("o", "down")  # projections whose *input* channels are the groups (columns)

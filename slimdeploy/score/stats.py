@@ -1,0 +1,158 @@
+"""Calibration statistics, gathered with hooks (the only impure part of scoring).
+
+- `layerwise_input_stats`: the SparseGPT/Wanda pipeline: catch the inputs of layer 0, then run one decoder
+  layer at a time over all calibration samples, so peak memory beyond the model is one layer's activations.
+  Collects per-linear input moments (and covariances when asked) and each layer's block influence
+  (ShortGPT: 1 - cos(input, output) of the residual stream), used to rank whole layers.
+- `gradient_stats`: a full forward/backward of the LM loss (gradients need the whole graph) collecting
+  per-linear input covariance A and output-gradient covariance G (K-FAC, empirical Fisher) and, when asked,
+  full-weight gradients (the memory-heavy Taylor reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from slimdeploy.analyze.adapters import decoder_layers, linears
+
+
+@dataclass
+class InputStats:
+    n: int = 0
+    sum: torch.Tensor | None = None
+    sumsq: torch.Tensor | None = None
+    cov: torch.Tensor | None = None  # sum of x x^T (fp64 accumulate -> fp32)
+
+    def add(self, x: torch.Tensor, with_cov: bool) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        self.n += x.shape[0]
+        s, ss = x.sum(0), (x * x).sum(0)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = ss if self.sumsq is None else self.sumsq + ss
+        if with_cov:
+            c = x.T @ x
+            self.cov = c if self.cov is None else self.cov + c
+
+    @property
+    def norm(self) -> torch.Tensor:  # ||X_j||_2 over all calibration tokens (Wanda)
+        return self.sumsq.sqrt().float()
+
+    @property
+    def var(self) -> torch.Tensor:  # per-feature variance over tokens (FLAP's fluctuation)
+        mean = self.sum / self.n
+        return (self.sumsq / self.n - mean * mean).clamp_min(0).float()
+
+    @property
+    def A(self) -> torch.Tensor:  # E[x x^T]
+        return (self.cov / self.n).float()
+
+
+@dataclass
+class LayerStats:
+    inputs: dict[str, InputStats] = field(default_factory=dict)
+    out_grads: dict[str, InputStats] = field(default_factory=dict)  # G = E[g g^T] in .cov
+    weight_grads: dict[str, torch.Tensor] = field(default_factory=dict)
+    block_influence: float = 0.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def _catch_layer0_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Run the model up to decoder layer 0 and keep its inputs and call kwargs (rotary, masks)."""
+    caught: list[torch.Tensor] = []
+    kwargs_box: dict = {}
+
+    def hook(module, args, kwargs):
+        caught.append((args[0] if args else kwargs["hidden_states"]).detach())
+        kwargs_box.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _Stop
+
+    handle = decoder_layers(model)[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for row in batches:
+            try:
+                model(input_ids=row[None], use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return caught, kwargs_box
+
+
+@torch.no_grad()
+def layerwise_input_stats(model, batches: torch.Tensor, with_cov: bool = False, progress=None) -> list[LayerStats]:
+    """Per decoder layer: input statistics of its seven projections and its block influence."""
+    hidden, kwargs = _catch_layer0_inputs(model, batches)
+    kwargs.pop("past_key_values", None)
+    kwargs.pop("past_key_value", None)
+    out: list[LayerStats] = []
+    layers = decoder_layers(model)
+    for li, layer in enumerate(layers):
+        stats = LayerStats()
+        handles = []
+        for name, lin in linears(layer).items():
+            stats.inputs[name] = InputStats()
+            handles.append(lin.register_forward_hook(
+                lambda m, a, o, s=stats.inputs[name]: s.add(a[0], with_cov)))
+        cos_sum, count = 0.0, 0
+        try:
+            for j, h in enumerate(hidden):
+                res = layer(h, **kwargs)
+                new = res[0] if isinstance(res, tuple) else res
+                cos = torch.nn.functional.cosine_similarity(h.float(), new.float(), dim=-1)
+                cos_sum += cos.sum().item()
+                count += cos.numel()
+                hidden[j] = new
+        finally:
+            for hd in handles:
+                hd.remove()
+        stats.block_influence = 1.0 - cos_sum / max(1, count)
+        out.append(stats)
+        if progress:
+            progress(li + 1, len(layers))
+    return out
+
+
+def gradient_stats(model, batches: torch.Tensor, kfac: bool = True, weight_grads: bool = False,
+                   progress=None) -> list[LayerStats]:
+    """Forward/backward of the LM loss over `batches` (one sample at a time, gradients accumulated)."""
+    layers = decoder_layers(model)
+    stats = [LayerStats() for _ in layers]
+    handles = []
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for li, layer in enumerate(layers):
+        for name, lin in linears(layer).items():
+            if weight_grads:
+                lin.weight.requires_grad_(True)
+            if kfac:
+                a, g = InputStats(), InputStats()
+                stats[li].inputs[name], stats[li].out_grads[name] = a, g
+                handles.append(lin.register_forward_hook(lambda m, i, o, s=a: s.add(i[0], True)))
+                handles.append(lin.register_full_backward_hook(lambda m, gi, go, s=g: s.add(go[0], True)))
+    # with every weight frozen, make the embeddings' output require grad so activations' grads still flow
+    emb = model.get_input_embeddings()
+    handles.append(emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
+    try:
+        for j, row in enumerate(batches):
+            ids = row[None]
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.backward()
+            if progress:
+                progress(j + 1, len(batches))
+        if weight_grads:
+            for li, layer in enumerate(layers):
+                for name, lin in linears(layer).items():
+                    stats[li].weight_grads[name] = lin.weight.grad.detach().clone() / len(batches)
+                    lin.weight.grad = None
+    finally:
+        for hd in handles:
+            hd.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+    return stats

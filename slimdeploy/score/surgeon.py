@@ -1,0 +1,73 @@
+"""The LLM Surgeon (van der Ouderaa et al. 2024): Kronecker-factored curvature, structured OBS costs and
+the correlated weight update. Pure tensor functions.
+
+The Fisher of a linear layer's weight W (d_out x d_in) is approximated as F = G (x) A, A = E[x x^T] over
+inputs, G = E[g g^T] over output gradients of the LM loss (empirical Fisher). Removing a set of rows R or
+columns C of W and re-optimising the rest under this quadratic model costs
+
+    rows R:    dL = 1/2 tr( [G^-1]_RR^-1  W_R A W_R^T )
+    columns C: dL = 1/2 tr( [A^-1]_CC^-1  W_C^T G W_C )
+
+with the optimal update of the remaining weights
+
+    rows R:    dW = -[G^-1]_:R [G^-1]_RR^-1 W_R:
+    columns C: dW = -W_:C [A^-1]_CC^-1 [A^-1]_C:
+
+Multi-shot pruning (several smaller steps, curvature re-estimated after each) is done by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def damped_inverse(M: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """(M + damp * mean(diag M) I)^-1 in float64: calibration covariances are often rank-deficient."""
+    M = M.double()
+    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
+    lam = damp * M.diagonal().mean().clamp_min(1e-12)
+    return torch.linalg.inv(M + lam * eye)
+
+
+def _sub_inverses(inv: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """[inv]_BB^-1 for each block B: (n_blocks, b, b)."""
+    sub = inv[blocks[:, :, None], blocks[:, None, :]]
+    return torch.linalg.inv(sub)
+
+
+def column_costs(W: torch.Tensor, A_inv: torch.Tensor, G: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """OBS cost of removing each block of columns of W on its own: (n_blocks,)."""
+    W = W.double()
+    M = _sub_inverses(A_inv, blocks)  # (n, b, b)
+    WC = W[:, blocks].permute(1, 0, 2)  # (n, d_out, b)
+    return 0.5 * ((G.double() @ WC) * (WC @ M)).sum((1, 2))
+
+
+def row_costs(W: torch.Tensor, A: torch.Tensor, G_inv: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """OBS cost of removing each block of rows of W on its own: (n_blocks,)."""
+    W = W.double()
+    M = _sub_inverses(G_inv, blocks)  # (n, b, b)
+    WR = W[blocks]  # (n, b, d_in)
+    return 0.5 * ((M @ WR) * (WR @ A.double())).sum((1, 2))
+
+
+def remove_columns_update(W: torch.Tensor, A_inv: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """W after removing columns `removed` jointly with the correlated OBS update (removed columns become 0)."""
+    if removed.numel() == 0:
+        return W
+    Wd = W.double()
+    M = torch.linalg.inv(A_inv[removed][:, removed])
+    new = Wd - Wd[:, removed] @ M @ A_inv[removed]
+    new[:, removed] = 0
+    return new.to(W.dtype)
+
+
+def remove_rows_update(W: torch.Tensor, G_inv: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """W after removing rows `removed` jointly with the correlated OBS update (removed rows become 0)."""
+    if removed.numel() == 0:
+        return W
+    Wd = W.double()
+    M = torch.linalg.inv(G_inv[removed][:, removed])
+    new = Wd - G_inv[:, removed] @ M @ Wd[removed]
+    new[removed] = 0
+    return new.to(W.dtype)

@@ -51,15 +51,17 @@ def test_removing_equals_zeroing(family, tied, kind):
         for name in ("gate", "up"):
             _zero_rows(lz[name], removed)
         lz["down"].weight.data[:, removed] = 0
-        plan.layers[layer_idx] = LayerPlan(mlp_keep=_keep(48, removed), heads_keep=torch.arange(4),
-                                           kv_keep=torch.arange(2))
+        plan.layers[layer_idx] = LayerPlan(
+            mlp_keep=_keep(48, removed), heads_keep=torch.arange(4), kv_keep=torch.arange(2)
+        )
     elif kind == "head":
         removed_heads = [1, 2]  # one head from each KV group
         rows = [h * hd + j for h in removed_heads for j in range(hd)]
         _zero_rows(lz["q"], rows)
         lz["o"].weight.data[:, rows] = 0
-        plan.layers[layer_idx] = LayerPlan(mlp_keep=torch.arange(48), heads_keep=_keep(4, removed_heads),
-                                           kv_keep=torch.arange(2))
+        plan.layers[layer_idx] = LayerPlan(
+            mlp_keep=torch.arange(48), heads_keep=_keep(4, removed_heads), kv_keep=torch.arange(2)
+        )
     elif kind == "kv":
         g = 0
         qrows = list(range(g * r * hd, (g + 1) * r * hd))
@@ -68,8 +70,9 @@ def test_removing_equals_zeroing(family, tied, kind):
         _zero_rows(lz["k"], kvrows)
         _zero_rows(lz["v"], kvrows)
         lz["o"].weight.data[:, qrows] = 0
-        plan.layers[layer_idx] = LayerPlan(mlp_keep=torch.arange(48), heads_keep=torch.tensor([2, 3]),
-                                           kv_keep=torch.tensor([1]))
+        plan.layers[layer_idx] = LayerPlan(
+            mlp_keep=torch.arange(48), heads_keep=torch.tensor([2, 3]), kv_keep=torch.tensor([1])
+        )
     else:
         lz["o"].weight.data.zero_()
         lz["down"].weight.data.zero_()
@@ -88,8 +91,9 @@ def test_uniform_config_describes_pruned_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = build_tiny_model("qwen2")
-    plan = PrunePlan(layers=[LayerPlan(torch.arange(0, 48, 2), torch.tensor([0, 2]), torch.tensor([0, 1]))
-                             for _ in range(3)])
+    plan = PrunePlan(
+        layers=[LayerPlan(torch.arange(0, 48, 2), torch.tensor([0, 2]), torch.tensor([0, 1])) for _ in range(3)]
+    )
     apply_plan(model, plan)
     assert sync_config(model)
     assert model.config.intermediate_size == 24 and model.config.num_attention_heads == 2

@@ -67,5 +67,12 @@ def layer_layout(layer) -> LayerLayout:
 def linears(layer) -> dict:
     """The seven projections of a decoder layer by short name."""
     a, m = layer.self_attn, layer.mlp
-    return {"q": a.q_proj, "k": a.k_proj, "v": a.v_proj, "o": a.o_proj, "gate": m.gate_proj, "up": m.up_proj,
-            "down": m.down_proj}
+    return {
+        "q": a.q_proj,
+        "k": a.k_proj,
+        "v": a.v_proj,
+        "o": a.o_proj,
+        "gate": m.gate_proj,
+        "up": m.up_proj,
+        "down": m.down_proj,
+    }

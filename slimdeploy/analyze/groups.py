@@ -70,6 +70,14 @@ def count_groups(model) -> list[dict]:
     out = []
     for i, layer in enumerate(decoder_layers(model)):
         lay = layer_layout(layer)
-        out.append({"layer": i, "mlp": lay.intermediate, "head": lay.heads, "kv": lay.kv_heads,
-                    "head_dim": lay.head_dim, "params": layer_params(layer)})
+        out.append(
+            {
+                "layer": i,
+                "mlp": lay.intermediate,
+                "head": lay.heads,
+                "kv": lay.kv_heads,
+                "head_dim": lay.head_dim,
+                "params": layer_params(layer),
+            }
+        )
     return out

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from slimdeploy.cli.common import emit, not_yet, progress_bar
+from slimdeploy.cli.common import emit, info, not_yet, progress_bar
+from slimdeploy.errors import SlimdeployError
 
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Model directory, .gguf file or hub id (default: the embedded slimdeploy-demo)."),
+    typer.Option(
+        "--model", "-m", help="Model directory, .gguf file or hub id (default: the embedded slimdeploy-demo)."
+    ),
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code to run.")]
@@ -24,7 +28,9 @@ def eval_cmd(
     context_length: Annotated[Optional[int], typer.Option(help="Window length (default min(512, model max)).")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Window step (default context_length // 2).")] = None,
     boundary: Annotated[str, typer.Option(help="Document boundary: bos (BOS before each) | eos | none.")] = "bos",
-    doc_split: Annotated[str, typer.Option(help="Text files: none (one document) | blank-line (paragraph = document).")] = "none",
+    doc_split: Annotated[
+        str, typer.Option(help="Text files: none (one document) | blank-line (paragraph = document).")
+    ] = "none",
     max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the stream.")] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
     dtype: DtypeOpt = "fp32",
@@ -34,7 +40,16 @@ def eval_cmd(
     from slimdeploy.evaluate.api import evaluate_perplexity
 
     result = evaluate_perplexity(
-        model, data, context_length, stride, boundary, doc_split, max_tokens, batch_size, dtype, trust_remote_code,
+        model,
+        data,
+        context_length,
+        stride,
+        boundary,
+        doc_split,
+        max_tokens,
+        batch_size,
+        dtype,
+        trust_remote_code,
         progress_factory=progress_bar,
     )
 
@@ -42,8 +57,10 @@ def eval_cmd(
         p = r["protocol"]
         print(f"model        {r['model']}")
         print(f"data         {r['data'].get('source')}")
-        print(f"protocol     context {p['context_length']}, stride {p['stride']}, boundary {p['boundary']}, "
-              f"doc_split {p['doc_split']}")
+        print(
+            f"protocol     context {p['context_length']}, stride {p['stride']}, boundary {p['boundary']}, "
+            f"doc_split {p['doc_split']}"
+        )
         print(f"tokens       {r['tokens_scored']}")
         print(f"nll          {r['nll']:.5f}")
         print(f"ppl          {r['ppl']:.4f}")
@@ -76,9 +93,13 @@ def inspect_cmd(
         print(f"{r['source']}: {r['architecture']} ({r['family']}), {r['parameters']:,} parameters, {r['dtype']}")
         for comp, n in sorted(r["by_component"].items(), key=lambda kv: -kv[1]):
             print(f"  {comp:<11} {n:>14,}  {100 * n / r['parameters']:5.1f}%")
-        print(f"  layers {r['layers']}, hidden {r['hidden_size']}, mlp {r['intermediate_size']}, vocab {r['vocab_size']}")
-        print(f"  attention: {a['query_heads']} query heads, {a['kv_heads']} KV heads "
-              f"({a['queries_per_kv']} per group), head_dim {a['head_dim']}; tied embeddings: {r['tied_embeddings']}")
+        print(
+            f"  layers {r['layers']}, hidden {r['hidden_size']}, mlp {r['intermediate_size']}, vocab {r['vocab_size']}"
+        )
+        print(
+            f"  attention: {a['query_heads']} query heads, {a['kv_heads']} KV heads "
+            f"({a['queries_per_kv']} per group), head_dim {a['head_dim']}; tied embeddings: {r['tied_embeddings']}"
+        )
         for name, shape in r["layer_shapes"][0]["shapes"].items():
             print(f"    layers.0.{name:<32} {shape}")
         if "groups" in r:
@@ -89,14 +110,91 @@ def inspect_cmd(
     emit(result, human)
 
 
-def prune_cmd() -> None:
+def prune_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written whole or not at all).")],
+    model: ModelOpt = None,
+    ratio: Annotated[float, typer.Option(help="Fraction of all parameters to remove, in (0, 1).")] = 0.2,
+    criterion: Annotated[str, typer.Option(help="random|l1|l2|wanda|flap|taylor|loraprune|surgeon")] = "wanda",
+    allocation: Annotated[str, typer.Option(help="uniform (same widths everywhere) | global (per layer)")] = "uniform",
+    structures: Annotated[str, typer.Option(help="Comma list of mlp,head,kv,layer.")] = "mlp,head",
+    round_to: Annotated[int, typer.Option(help="Kept MLP widths are multiples of this.")] = 64,
+    tp_size: Annotated[int, typer.Option(help="Keep widths divisible for this tensor-parallel size.")] = 1,
+    shots: Annotated[int, typer.Option(help="Prune in this many steps, re-scoring after each.")] = 1,
+    data: Annotated[Optional[str], typer.Option(help="Calibration text (default: demo corpus split).")] = None,
+    n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 256,
+    seed: Annotated[int, typer.Option(help="Calibration sampling seed.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
     """Structured pruning (heads, KV groups, MLP channels, layers) to a smaller dense model."""
-    not_yet("prune", "issue 4 (structured pruning engine)")
+    from slimdeploy.prune.api import PruneConfig
+    from slimdeploy.prune.stage import prune_to_dir
+    from slimdeploy.recipe.validate import config_or_error
+
+    config = config_or_error(
+        PruneConfig,
+        dict(
+            ratio=ratio,
+            criterion=criterion,
+            allocation=allocation,
+            structures=[s.strip() for s in structures.split(",") if s.strip()],
+            round_to=round_to,
+            tp_size=tp_size,
+            shots=shots,
+            data=data,
+            n_samples=n_samples,
+            seq_len=seq_len,
+            seed=seed,
+        ),
+        "prune",
+    )
+    if out.exists() and not force:
+        raise SlimdeployError(f"output {out} already exists; choose another path or pass --force")
+    with progress_bar(f"pruning ({criterion})") as update:
+        report = prune_to_dir(model, config, out, force, trust_remote_code, update)
+    emit(
+        report,
+        lambda r: print(
+            f"{r['params_before']:,} -> {r['params_after']:,} parameters ({r['removed_fraction']:.1%} removed), "
+            f"saved to {out}"
+        ),
+    )
 
 
-def compress_cmd() -> None:
-    """Run a recipe end to end: prune, recover, merge, export, eval, bench."""
-    not_yet("compress", "issue 5 (recipes and compress)")
+def compress_cmd(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a .yaml path.")] = "20pct",
+    model: ModelOpt = None,
+    data: Annotated[Optional[str], typer.Option(help="Data for every prune/recover/eval stage of the recipe.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe>).")
+    ] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: KIND.KEY=VALUE (repeatable).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Validate the recipe and print it; load nothing.")] = False,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Run a recipe end to end: prune, recover, merge, eval (export and bench as they land)."""
+    from slimdeploy.recipe.loader import dump_recipe, load_recipe, stage_kinds
+
+    data_sets = [f"{k}.data={data}" for k in sorted(stage_kinds(recipe) & {"prune", "recover", "eval"})] if data else []
+    rec, path = load_recipe(recipe, data_sets + list(set_ or []))
+    if dry_run:
+        emit({"recipe": str(path), "resolved": rec.model_dump(mode="json")}, lambda r: print(dump_recipe(rec)))
+        return
+    from slimdeploy.pipeline.runner import run
+
+    out = out or Path("runs") / rec.name
+    report = run(rec, model, out, force, trust_remote_code, progress_factory=progress_bar, log=info)
+    s = report["summary"]
+    ppl = ", ".join(f"{k} {v:.3f}" for k, v in s["perplexity"].items())
+    emit(
+        report,
+        lambda r: print(
+            f"{s['params_before']:,} -> {s['params_after']:,} parameters ({s['params_kept_fraction']:.1%} kept); "
+            f"perplexity {ppl}; {s['seconds_total']} s; written to {out}"
+        ),
+    )
 
 
 def export_cmd() -> None:

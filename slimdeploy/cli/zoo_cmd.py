@@ -29,7 +29,9 @@ def train_demo_cmd(
         raise SlimdeployError(f"{out} exists and is not empty; choose another --out")
     with progress_bar("training slimdeploy-demo") as update:
         summary = train_demo(
-            work_dir, out, DemoTrainConfig(steps=steps, threads=threads),
+            work_dir,
+            out,
+            DemoTrainConfig(steps=steps, threads=threads),
             progress=lambda s, n, loss, rate: update(s, n, loss=loss, tok_s=rate),
         )
     emit({k: v for k, v in summary.items() if k != "history"})

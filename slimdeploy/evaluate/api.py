@@ -8,8 +8,9 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity
 
 
-def default_protocol(model, context_length: int | None = None, stride: int | None = None, boundary: str = "bos",
-                     doc_split: str = "none") -> PerplexityProtocol:
+def default_protocol(
+    model, context_length: int | None = None, stride: int | None = None, boundary: str = "bos", doc_split: str = "none"
+) -> PerplexityProtocol:
     max_pos = getattr(model.config, "max_position_embeddings", None) or 512
     ctx = context_length or min(512, max_pos)
     if ctx > max_pos:
@@ -17,8 +18,15 @@ def default_protocol(model, context_length: int | None = None, stride: int | Non
     return PerplexityProtocol(ctx, stride or max(1, ctx // 2), boundary, doc_split)
 
 
-def evaluate_loaded(model, tokenizer, data: str | None, protocol_args: dict, max_tokens: int | None = None,
-                    batch_size: int = 8, progress=None) -> dict:
+def evaluate_loaded(
+    model,
+    tokenizer,
+    data: str | None,
+    protocol_args: dict,
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    progress=None,
+) -> dict:
     """Perplexity of an in-memory model on a text source (None: the demo corpus' held-out split)."""
     from slimdeploy.load.data import load_texts, split_documents, token_stream
 
@@ -33,9 +41,19 @@ def evaluate_loaded(model, tokenizer, data: str | None, protocol_args: dict, max
     return result
 
 
-def evaluate_perplexity(model_spec, data, context_length=None, stride=None, boundary="bos", doc_split="none",
-                        max_tokens=None,
-                        batch_size=8, dtype="fp32", trust_remote_code=False, progress_factory=None) -> dict:
+def evaluate_perplexity(
+    model_spec,
+    data,
+    context_length=None,
+    stride=None,
+    boundary="bos",
+    doc_split="none",
+    max_tokens=None,
+    batch_size=8,
+    dtype="fp32",
+    trust_remote_code=False,
+    progress_factory=None,
+) -> dict:
     """The `slimdeploy eval` stage: load, then score."""
     from slimdeploy.load.model import load_model
 
@@ -43,8 +61,13 @@ def evaluate_perplexity(model_spec, data, context_length=None, stride=None, boun
     bar = progress_factory("perplexity") if progress_factory else nullcontext(None)
     with bar as update:
         result = evaluate_loaded(
-            loaded.model, loaded.tokenizer, data,
-            {"context_length": context_length, "stride": stride, "boundary": boundary, "doc_split": doc_split}, max_tokens, batch_size, update,
+            loaded.model,
+            loaded.tokenizer,
+            data,
+            {"context_length": context_length, "stride": stride, "boundary": boundary, "doc_split": doc_split},
+            max_tokens,
+            batch_size,
+            update,
         )
     result["model"] = loaded.source
     result["dtype"] = dtype

@@ -43,9 +43,11 @@ def read_jsonl(path: Path, key: str = "text") -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SlimdeployError(f"{path}:{lineno}: not valid JSON ({exc.msg}); one JSON object per line") from None
+                raise SlimdeployError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); one JSON object per line"
+                ) from None
             if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                raise SlimdeployError(f"{path}:{lineno}: no string field {key!r}; each line needs {{\"{key}\": ...}}")
+                raise SlimdeployError(f'{path}:{lineno}: no string field {key!r}; each line needs {{"{key}": ...}}')
             docs.append(row[key])
     return docs
 
@@ -101,7 +103,7 @@ def _load_hf(source: str) -> TextSource:
 
 
 def split_documents(docs: list[str], doc_split: str) -> list[str]:
-    """"blank-line": a text file's paragraphs become documents (TinyStories-style files); "none": as given."""
+    """ "blank-line": a text file's paragraphs become documents (TinyStories-style files); "none": as given."""
     if doc_split == "none":
         return docs
     return [p.strip() for d in docs for p in d.split("\n\n") if p.strip()]
@@ -134,3 +136,13 @@ def calibration_batches(stream: torch.Tensor, n_samples: int, seq_len: int, seed
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(stream) - seq_len, (n_samples,), generator=g)
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+
+
+def calibration_data(
+    tokenizer, source: str | None, n_samples: int, seq_len: int, seed: int = 0, split: str = "calibration"
+) -> tuple[torch.Tensor, dict]:
+    """Seeded calibration windows from a source (None: the demo corpus' calibration split) + fingerprint."""
+    texts = load_texts(source, split=split)
+    stream = token_stream(tokenizer, texts.docs, "bos")
+    batches = calibration_batches(stream, n_samples, seq_len, seed)
+    return batches, {**texts.fingerprint, "n_samples": n_samples, "seq_len": seq_len, "seed": seed}

@@ -111,17 +111,28 @@ def load_model(
 
     kwargs: dict[str, Any] = {"dtype": td, "trust_remote_code": trust_remote_code}
     if kind in ("dir", "demo"):
-        _check_config(Path(location))
-        _check_safetensors(Path(location))
-        return _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
+        path = Path(location)
+        _check_config(path)
+        _check_safetensors(path)
+        from slimdeploy.prune.io import load_per_layer, load_record
+
+        if "slimdeploy_layer_widths" in json.loads((path / "config.json").read_text()):
+            model = load_per_layer(path, td)
+            tok = AutoTokenizer.from_pretrained(location) if with_tokenizer else None
+            loaded = Loaded(model=model, tokenizer=tok, source=location, kind=kind)
+        else:
+            loaded = _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
+        loaded.model.slimdeploy_record = load_record(path)
+        return loaded
     if kind == "gguf":
         from slimdeploy.load.gguf import load_gguf
 
         return load_gguf(Path(location), td, with_tokenizer)
     # hub id: the local cache first, then the hub unless offline; either failure is one line.
     try:
-        return _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer,
-                     {**kwargs, "local_files_only": True})
+        return _load(
+            AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, {**kwargs, "local_files_only": True}
+        )
     except OSError:
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise SlimdeployError(_hub_hint(location)) from None

@@ -36,7 +36,8 @@ class PruneConfig(BaseModel):
     protect_last: int = Field(0, ge=0)
     shots: int = Field(1, ge=1, le=16, description="multi-shot: prune in steps, re-scoring after each")
     update: Literal["auto", "none", "cols", "both"] = Field(
-        "auto", description="Surgeon OBS update: consumer columns, also producer rows, or none (auto: cols)")
+        "auto", description="Surgeon OBS update: consumer columns, also producer rows, or none (auto: cols)"
+    )
     data: str | None = Field(None, description="calibration text (.txt/.jsonl/hf:); default: demo corpus")
     n_samples: int = Field(32, ge=1)
     seq_len: int = Field(256, ge=8)
@@ -92,8 +93,13 @@ def obs_update(model, plan: PrunePlan, stats, mode: str) -> None:
             if mode == "both" and st.out_grads:
                 removed_kv = _complement(lay.kv_heads, lp.kv_keep)
                 removed_kvrows = (removed_kv[:, None] * hd + torch.arange(hd)).flatten()
-                for name, removed in (("gate", removed_mlp), ("up", removed_mlp), ("q", removed_q),
-                                      ("k", removed_kvrows), ("v", removed_kvrows)):
+                for name, removed in (
+                    ("gate", removed_mlp),
+                    ("up", removed_mlp),
+                    ("q", removed_q),
+                    ("k", removed_kvrows),
+                    ("v", removed_kvrows),
+                ):
                     G_inv = surgeon.damped_inverse(st.out_grads[name].A)
                     lin[name].weight.copy_(surgeon.remove_rows_update(lin[name].weight, G_inv, removed))
 
@@ -117,11 +123,23 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
             continue
         if config.criterion == "surgeon" and update != "none" and kinds & {"mlp", "head", "kv"} and "layer" in kinds:
             raise SlimdeployError("the Surgeon update cannot be combined with layer dropping in one shot")
-        scores = score(model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds,
-                       progress=progress)
-        plan = make_plan(scores.per_layer, budget, ratio_now, kinds, config.allocation, config.round_to,
-                         config.tp_size, config.attn_share, config.protect_first, config.protect_last,
-                         scores.layer, config.layer_share)
+        scores = score(
+            model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds, progress=progress
+        )
+        plan = make_plan(
+            scores.per_layer,
+            budget,
+            ratio_now,
+            kinds,
+            config.allocation,
+            config.round_to,
+            config.tp_size,
+            config.attn_share,
+            config.protect_first,
+            config.protect_last,
+            scores.layer,
+            config.layer_share,
+        )
         if update != "none":
             obs_update(model, plan, scores.stats, update)
         apply_plan(model, plan)
@@ -139,7 +157,8 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
         "criterion": config.criterion,
         "update": update,
         "shots": shots,
-        "widths": record_of(model)["layers"] and [
+        "widths": record_of(model)["layers"]
+        and [
             {"heads": lay.heads, "kv_heads": lay.kv_heads, "intermediate": lay.intermediate}
             for lay in (layer_layout(layer) for layer in decoder_layers(model))
         ],

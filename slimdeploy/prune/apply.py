@@ -19,11 +19,13 @@ def slice_linear(linear: nn.Linear, keep: torch.Tensor, axis: int) -> None:
     """Keep `keep` rows (axis 0: outputs, and the bias) or columns (axis 1: inputs) of a Linear, in place."""
     keep = keep.to(linear.weight.device)
     with torch.no_grad():
-        linear.weight = nn.Parameter(linear.weight.index_select(axis, keep).contiguous(),
-                                     requires_grad=linear.weight.requires_grad)
+        linear.weight = nn.Parameter(
+            linear.weight.index_select(axis, keep).contiguous(), requires_grad=linear.weight.requires_grad
+        )
         if axis == ROWS and linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.index_select(0, keep).contiguous(),
-                                       requires_grad=linear.bias.requires_grad)
+            linear.bias = nn.Parameter(
+                linear.bias.index_select(0, keep).contiguous(), requires_grad=linear.bias.requires_grad
+            )
     if axis == ROWS:
         linear.out_features = len(keep)
     else:

@@ -65,30 +65,35 @@ def _mlp_options(lay: LayerLayout, kinds: set[str], round_to: int, tp: int) -> l
 
 def _attn_params(k: int, r: int, lay: LayerLayout, hidden: int, bias: bool) -> int:
     heads = k * r
-    return 2 * heads * lay.head_dim * hidden + 2 * k * lay.head_dim * hidden + (
-        (heads + 2 * k) * lay.head_dim if bias else 0)
+    return (
+        2 * heads * lay.head_dim * hidden
+        + 2 * k * lay.head_dim * hidden
+        + ((heads + 2 * k) * lay.head_dim if bias else 0)
+    )
 
 
-def choose_uniform_widths(b: Budget, target_remove: int, kinds: set[str], round_to: int, tp: int,
-                          attn_share: float | None, layers: list[int]) -> tuple[int, int, int, int]:
+def choose_uniform_widths(
+    b: Budget, target_remove: int, kinds: set[str], round_to: int, tp: int, attn_share: float | None, layers: list[int]
+) -> tuple[int, int, int, int]:
     """Search (kv kept, heads per kv, mlp kept) shared by `layers` that removes closest to `target_remove`.
 
-    Ties (and near-ties) go to the option whose attention removal is closest to `attn_share` of the target
+    Among options within 0.5% of the target, the one whose attention removal is closest to `attn_share`
     (default: attention's share of the prunable parameters, i.e. the same fraction from both)."""
     lay = b.layouts[layers[0]]
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
     m_full = 3 * b.hidden * lay.intermediate
     share = attn_share if attn_share is not None else a_full / (a_full + m_full)
     n = len(layers)
-    best, best_key = None, None
-    for (k, r), m in itertools.product(_attention_options(lay, b.hidden, kinds, tp),
-                                       _mlp_options(lay, kinds, round_to, tp)):
+    cands = []
+    for (k, r), m in itertools.product(
+        _attention_options(lay, b.hidden, kinds, tp), _mlp_options(lay, kinds, round_to, tp)
+    ):
         a_rm = n * (a_full - _attn_params(k, r, lay, b.hidden, b.qkv_bias))
         m_rm = n * 3 * b.hidden * (lay.intermediate - m)
-        err = abs(a_rm + m_rm - target_remove) / max(1, b.total_params)
-        key = (round(err, 3), abs(a_rm - share * target_remove), -(a_rm + m_rm))
-        if best_key is None or key < best_key:
-            best, best_key = (k, r, m, a_rm + m_rm), key
+        cands.append((abs(a_rm + m_rm - target_remove), abs(a_rm - share * target_remove), (k, r, m, a_rm + m_rm)))
+    tol = 0.005 * b.total_params  # within half a percent of the target, prefer the intended attention share
+    close = [c for c in cands if c[0] <= tol]
+    best = min(close, key=lambda c: (c[1], c[0]))[2] if close else (min(cands)[2] if cands else None)
     if best is None:
         raise SlimdeployError(f"no head/channel widths satisfy hidden_size {b.hidden} and tp_size {tp}")
     k, r, m, removed = best
@@ -120,7 +125,7 @@ def top(scores: torch.Tensor, k: int) -> torch.Tensor:
 def select_heads(head_scores: torch.Tensor, kv_scores: torch.Tensor, k: int, r: int, q_per_kv: int):
     """Keep the k best KV groups, then the r best query heads inside each kept group."""
     kv_keep = top(kv_scores, k)
-    heads = [g * q_per_kv + top(head_scores[g * q_per_kv:(g + 1) * q_per_kv], r) for g in kv_keep.tolist()]
+    heads = [g * q_per_kv + top(head_scores[g * q_per_kv : (g + 1) * q_per_kv], r) for g in kv_keep.tolist()]
     return torch.cat(heads).sort().values, kv_keep
 
 
@@ -129,8 +134,9 @@ def _round_counts(raw: list[float], full: list[int], total: int, round_to: int) 
     out = [min(f, max(round_to, int(round(x / round_to)) * round_to)) for x, f in zip(raw, full)]
     step = 0
     while sum(out) > total + round_to // 2 and step < 10_000:  # trim the layers that were rounded up most
-        i = max((i for i in range(len(out)) if out[i] - round_to >= round_to), key=lambda i: out[i] - raw[i],
-                default=None)
+        i = max(
+            (i for i in range(len(out)) if out[i] - round_to >= round_to), key=lambda i: out[i] - raw[i], default=None
+        )
         if i is None:
             break
         out[i] -= round_to
@@ -138,10 +144,20 @@ def _round_counts(raw: list[float], full: list[int], total: int, round_to: int) 
     return out
 
 
-def make_plan(scores: list[dict], b: Budget, ratio: float, kinds: set[str], allocation: str = "uniform",
-              round_to: int = 64, tp: int = 1, attn_share: float | None = None, protect_first: int = 0,
-              protect_last: int = 0, layer_scores: torch.Tensor | None = None,
-              layer_share: float | None = None) -> PrunePlan:
+def make_plan(
+    scores: list[dict],
+    b: Budget,
+    ratio: float,
+    kinds: set[str],
+    allocation: str = "uniform",
+    round_to: int = 64,
+    tp: int = 1,
+    attn_share: float | None = None,
+    protect_first: int = 0,
+    protect_last: int = 0,
+    layer_scores: torch.Tensor | None = None,
+    layer_share: float | None = None,
+) -> PrunePlan:
     """Decide what each layer keeps so that about `ratio` of all parameters are removed."""
     if not 0 < ratio < 1:
         raise SlimdeployError(f"ratio must be in (0, 1), got {ratio}")
@@ -161,13 +177,11 @@ def make_plan(scores: list[dict], b: Budget, ratio: float, kinds: set[str], allo
         kinds = width_kinds
     live = layers_keep if layers_keep is not None else list(range(n_layers))
     plans: list[LayerPlan | None] = [None] * n_layers
-    removed = b.total_params * 0 + sum(b.layer_params[i] for i in range(n_layers) if i not in live)
     if kinds and target > 0.005 * b.total_params:
         editable = [i for i in live if i >= protect_first and i < n_layers - protect_last]
         if not editable:
             raise SlimdeployError("every layer is protected; lower protect_first / protect_last")
-        k, r, m, width_removed = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, editable)
-        removed += width_removed
+        k, r, m, _ = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, editable)
         mlp_counts = {i: m for i in editable}
         kv_counts = {i: k for i in editable}
         if allocation == "global":
@@ -178,11 +192,7 @@ def make_plan(scores: list[dict], b: Budget, ratio: float, kinds: set[str], allo
             lay, s = b.layouts[i], scores[i]
             heads_keep, kv_keep = select_heads(s["head"], s["kv"], kv_counts[i], r, lay.q_per_kv)
             plans[i] = LayerPlan(mlp_keep=top(s["mlp"], mlp_counts[i]), heads_keep=heads_keep, kv_keep=kv_keep)
-        if allocation == "global":  # recount: global rounding moves the total a little
-            removed = b.total_params - _predicted(b, plans, live)
-    plan = PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=b.total_params - removed)
-    plan.predicted_params = _predicted(b, plans, live)
-    return plan
+    return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=_predicted(b, plans, live))
 
 
 def _global_counts(scores, b: Budget, editable: list[int], m: int, k: int, round_to: int, kinds: set[str]):
@@ -216,6 +226,7 @@ def _predicted(b: Budget, plans: list[LayerPlan | None], live: list[int]) -> int
         heads = len(p.heads_keep)
         kv = len(p.kv_keep)
         attn_rm = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias) - _attn_params(
-            kv, heads // kv, lay, b.hidden, b.qkv_bias)
+            kv, heads // kv, lay, b.hidden, b.qkv_bias
+        )
         total += b.layer_params[i] - mlp_rm - attn_rm
     return total

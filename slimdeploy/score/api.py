@@ -69,8 +69,9 @@ def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
     return out
 
 
-def score(model, criterion: str, batches: torch.Tensor | None, seed: int = 0, need_layers: bool = False,
-          progress=None) -> GroupScores:
+def score(
+    model, criterion: str, batches: torch.Tensor | None, seed: int = 0, need_layers: bool = False, progress=None
+) -> GroupScores:
     """Score every group of every decoder layer of `model` with `criterion`."""
     _check(criterion)
     if criterion in NEEDS_DATA and batches is None:
@@ -81,9 +82,14 @@ def score(model, criterion: str, batches: torch.Tensor | None, seed: int = 0, ne
     layer_scores, stats = None, None
     if criterion == "random":
         g = torch.Generator().manual_seed(seed)
-        per_layer = [{"mlp": criteria.random_scores(lay.intermediate, g),
-                      "head": criteria.random_scores(lay.heads, g),
-                      "kv": criteria.random_scores(lay.kv_heads, g)} for lay in layouts]
+        per_layer = [
+            {
+                "mlp": criteria.random_scores(lay.intermediate, g),
+                "head": criteria.random_scores(lay.heads, g),
+                "kv": criteria.random_scores(lay.kv_heads, g),
+            }
+            for lay in layouts
+        ]
         layer_scores = criteria.random_scores(len(layers), g)
         return GroupScores(per_layer, layer_scores, criterion)
     if batches is not None and (criterion in ("wanda", "flap") or need_layers):
@@ -91,19 +97,38 @@ def score(model, criterion: str, batches: torch.Tensor | None, seed: int = 0, ne
         layer_scores = torch.tensor([s.block_influence for s in stats], dtype=torch.float64)
     if criterion in ("l1", "l2"):
         p = 1 if criterion == "l1" else 2
-        per_layer = [_aggregate(lay, lambda n, li=li: criteria.magnitude_map(lins[li][n].weight.detach().float(), p))
-                     for li, lay in enumerate(layouts)]
+        per_layer = [
+            _aggregate(lay, lambda n, li=li: criteria.magnitude_map(lins[li][n].weight.detach().float(), p))
+            for li, lay in enumerate(layouts)
+        ]
     elif criterion == "wanda":
-        per_layer = [_aggregate(lay, lambda n, li=li: criteria.wanda_map(
-            lins[li][n].weight.detach().float(), stats[li].inputs[n].norm)) for li, lay in enumerate(layouts)]
+        per_layer = [
+            _aggregate(
+                lay, lambda n, li=li: criteria.wanda_map(lins[li][n].weight.detach().float(), stats[li].inputs[n].norm)
+            )
+            for li, lay in enumerate(layouts)
+        ]
     elif criterion == "flap":
-        per_layer = [_aggregate(lay, lambda n, li=li: criteria.flap_map(
-            lins[li][n].weight.detach().float(), stats[li].inputs[n].var, n in criteria.CONSUMERS))
-            for li, lay in enumerate(layouts)]
+        per_layer = [
+            _aggregate(
+                lay,
+                lambda n, li=li: criteria.flap_map(
+                    lins[li][n].weight.detach().float(), stats[li].inputs[n].var, n in criteria.CONSUMERS
+                ),
+            )
+            for li, lay in enumerate(layouts)
+        ]
     elif criterion == "taylor":
         gstats = gradient_stats(model, batches, kfac=False, weight_grads=True, progress=progress)
-        per_layer = [_aggregate(lay, lambda n, li=li: criteria.taylor_map(
-            lins[li][n].weight.detach().float(), gstats[li].weight_grads[n].float())) for li, lay in enumerate(layouts)]
+        per_layer = [
+            _aggregate(
+                lay,
+                lambda n, li=li: criteria.taylor_map(
+                    lins[li][n].weight.detach().float(), gstats[li].weight_grads[n].float()
+                ),
+            )
+            for li, lay in enumerate(layouts)
+        ]
     elif criterion == "loraprune":
         from slimdeploy.score.loraprune import loraprune_maps
 
@@ -117,4 +142,3 @@ def score(model, criterion: str, batches: torch.Tensor | None, seed: int = 0, ne
             if not torch.isfinite(v).all():
                 raise SlimdeployError(f"criterion {criterion} gave non-finite scores in layer {li} ({kind})")
     return GroupScores(per_layer, layer_scores, criterion, stats)
-

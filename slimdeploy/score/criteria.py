@@ -44,8 +44,9 @@ def lora_grad_estimate(A: torch.Tensor, B: torch.Tensor, gA: torch.Tensor, gB: t
     return gB @ A + B @ gA - gB @ gA
 
 
-def loraprune_map(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gA: torch.Tensor, gB: torch.Tensor,
-                  scaling: float) -> torch.Tensor:
+def loraprune_map(
+    W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, gA: torch.Tensor, gB: torch.Tensor, scaling: float
+) -> torch.Tensor:
     return (lora_grad_estimate(A, B, gA, gB) * (W + scaling * (B @ A))).abs()
 
 

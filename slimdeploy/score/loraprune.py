@@ -31,19 +31,27 @@ def accumulate_lora_importance(peft_layers: list[dict], ema: list[dict], beta: f
             A, B, s = lora_factors(lin)
             if A.grad is None or B.grad is None:
                 continue
-            E = loraprune_map(lin.base_layer.weight.detach().float(), A.detach().float(), B.detach().float(),
-                              A.grad.float(), B.grad.float(), s)
+            E = loraprune_map(
+                lin.base_layer.weight.detach().float(),
+                A.detach().float(),
+                B.detach().float(),
+                A.grad.float(),
+                B.grad.float(),
+                s,
+            )
             ema[li][name] = E if name not in ema[li] else beta * ema[li][name] + (1 - beta) * E
 
 
-def loraprune_maps(model, batches: torch.Tensor, rank: int = 8, beta: float = 0.9, seed: int = 0,
-                   progress=None) -> list[dict]:
+def loraprune_maps(
+    model, batches: torch.Tensor, rank: int = 8, beta: float = 0.9, seed: int = 0, progress=None
+) -> list[dict]:
     """Element importance maps per layer and projection, from fresh LoRA adapters (base model untouched)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
-                                                  lora_dropout=0.0, bias="none"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0, bias="none")
+    )
     try:
         base = peft_model.base_model.model
         layers = [linears(layer) for layer in decoder_layers(base)]

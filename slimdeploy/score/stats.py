@@ -96,8 +96,7 @@ def layerwise_input_stats(model, batches: torch.Tensor, with_cov: bool = False, 
         handles = []
         for name, lin in linears(layer).items():
             stats.inputs[name] = InputStats()
-            handles.append(lin.register_forward_hook(
-                lambda m, a, o, s=stats.inputs[name]: s.add(a[0], with_cov)))
+            handles.append(lin.register_forward_hook(lambda m, a, o, s=stats.inputs[name]: s.add(a[0], with_cov)))
         cos_sum, count = 0.0, 0
         try:
             for j, h in enumerate(hidden):
@@ -117,8 +116,9 @@ def layerwise_input_stats(model, batches: torch.Tensor, with_cov: bool = False, 
     return out
 
 
-def gradient_stats(model, batches: torch.Tensor, kfac: bool = True, weight_grads: bool = False,
-                   progress=None) -> list[LayerStats]:
+def gradient_stats(
+    model, batches: torch.Tensor, kfac: bool = True, weight_grads: bool = False, progress=None
+) -> list[LayerStats]:
     """Forward/backward of the LM loss over `batches` (one sample at a time, gradients accumulated)."""
     layers = decoder_layers(model)
     stats = [LayerStats() for _ in layers]

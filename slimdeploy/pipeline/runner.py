@@ -1,0 +1,196 @@
+"""run(): a recipe's stages top to bottom, resumable, ending in one output directory renamed into place.
+
+Work happens in `.<out>.partial/` beside the output. After every stage the current model (and, between
+recover and merge, the adapter) and `state.json` are saved there, so re-running the same command continues
+after the last finished stage. The output directory appears only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.model import Loaded, load_model
+from slimdeploy.prune.io import save_model
+from slimdeploy.prune.stage import peak_rss_mb
+from slimdeploy.recipe.loader import dump_recipe, recipe_hash
+from slimdeploy.recipe.schema import Recipe
+
+
+@dataclass
+class State:
+    loaded: Loaded
+    peft: object | None = None
+    teacher: object | None = None
+    pruned: bool = False
+    recovered: bool = False
+    stages: list[dict] = field(default_factory=list)
+
+
+def param_stats(model) -> dict:
+    seen, n, nbytes = set(), 0, 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+            nbytes += p.numel() * p.element_size()
+    return {"params": n, "bytes": nbytes}
+
+
+def _stage_prune(state: State, stage, recipe: Recipe, progress) -> dict:
+    from slimdeploy.prune.api import PruneConfig
+    from slimdeploy.prune.stage import prune_loaded
+
+    cfg = PruneConfig.model_validate(stage.model_dump(exclude={"kind"}))
+    report = prune_loaded(state.loaded, cfg, progress)
+    state.pruned = True
+    return {k: v for k, v in report.items() if k not in ("config",)}
+
+
+def _stage_recover(state: State, stage, recipe: Recipe, progress, work: Path) -> dict:
+    from slimdeploy.recover.config import RecoverConfig
+    from slimdeploy.recover.train import recover
+
+    cfg = RecoverConfig.model_validate(stage.model_dump(exclude={"kind"}))
+    teacher = state.teacher if cfg.kd_weight > 0 else None
+    if cfg.kd_weight > 0 and teacher is None:
+        raise SlimdeployError("distillation needs the unpruned teacher, which was not kept; re-run from scratch")
+    state.peft, report = recover(state.loaded.model, state.loaded.tokenizer, cfg, teacher, work, progress)
+    state.peft.save_pretrained(work / "adapter")
+    return report
+
+
+def _stage_merge(state: State, stage, recipe: Recipe, progress) -> dict:
+    from slimdeploy.merge.api import merge
+
+    probe = torch.arange(1, 65).remainder(state.loaded.model.config.vocab_size - 1)[None] + 1
+    state.loaded.model, report = merge(state.peft, probe, atol=stage.atol)
+    state.peft = None
+    state.recovered = True
+    return report
+
+
+def _stage_eval(state: State, stage, recipe: Recipe, progress) -> dict:
+    from slimdeploy.evaluate.api import evaluate_loaded
+
+    model = state.peft or state.loaded.model
+    args = {"context_length": stage.context_length, "stride": stage.stride}
+    r = evaluate_loaded(
+        model, state.loaded.tokenizer, stage.data or recipe.eval_data, args, stage.max_tokens, progress=progress
+    )
+    r["label"] = "recovered" if state.recovered else "pruned" if state.pruned else "dense"
+    return r
+
+
+def _save_state(work: Path, state: State, done: int, rhash: str) -> None:
+    model_dir = work / "model.next"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    model_dir.mkdir()
+    save_model(
+        state.loaded.model if state.peft is None else state.peft.base_model.model, state.loaded.tokenizer, model_dir
+    )
+    if (work / "model").exists():
+        shutil.rmtree(work / "model")
+    model_dir.rename(work / "model")
+    meta = {
+        "recipe_hash": rhash,
+        "done": done,
+        "pruned": state.pruned,
+        "recovered": state.recovered,
+        "adapter_pending": state.peft is not None,
+        "stages": state.stages,
+    }
+    (work / "state.json.tmp").write_text(json.dumps(meta, indent=1, default=str))
+    (work / "state.json.tmp").replace(work / "state.json")
+
+
+def _resume(work: Path, rhash: str, trust: bool) -> tuple[State, int] | None:
+    meta_path = work / "state.json"
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text())
+    if meta["recipe_hash"] != rhash:
+        raise SlimdeployError(f"{work} holds an interrupted run of a different recipe/model; delete it or pass --force")
+    loaded = load_model(str(work / "model"), "fp32", trust)
+    state = State(loaded, pruned=meta["pruned"], recovered=meta["recovered"], stages=meta["stages"])
+    if meta["adapter_pending"]:
+        from peft import PeftModel
+
+        record = getattr(loaded.model, "slimdeploy_record", None)
+        state.peft = PeftModel.from_pretrained(loaded.model, str(work / "adapter"), is_trainable=False)
+        state.peft.base_model.model.slimdeploy_record = record
+    return state, meta["done"]
+
+
+def run(
+    recipe: Recipe,
+    model_spec: str | None,
+    out: Path,
+    force: bool = False,
+    trust_remote_code: bool = False,
+    progress_factory=None,
+    log=print,
+) -> dict:
+    """Run every stage of `recipe` on `model_spec` (None: recipe.model, else the embedded demo) into `out`."""
+    from slimdeploy.pipeline.report import write_outputs
+
+    model_spec = model_spec or recipe.model
+    out = Path(out)
+    if out.exists() and not force:
+        raise SlimdeployError(f"output {out} already exists; choose another --out or pass --force")
+    work = out.parent / f".{out.name}.partial"
+    rhash = recipe_hash(recipe, model_spec)
+    if force and work.exists() and (work / "state.json").exists():
+        if json.loads((work / "state.json").read_text()).get("recipe_hash") != rhash:
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    resumed = _resume(work, rhash, trust_remote_code)
+    if resumed:
+        state, start = resumed
+        log(f"resuming after stage {start} of {len(recipe.stages)} from {work}")
+    else:
+        state, start = State(load_model(model_spec, "fp32", trust_remote_code)), 0
+        state.stages.append({"kind": "load", "source": state.loaded.source, **param_stats(state.loaded.model)})
+    needs_teacher = any(getattr(s, "kd_weight", 0) > 0 for s in recipe.stages[start:])
+    if needs_teacher:
+        state.teacher = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=False).model
+    for i, stage in enumerate(recipe.stages):
+        if i < start:
+            continue
+        fn = {"prune": _stage_prune, "recover": _stage_recover, "merge": _stage_merge, "eval": _stage_eval}[stage.kind]
+        t0 = time.perf_counter()
+        bar = progress_factory(f"[{i + 1}/{len(recipe.stages)}] {stage.kind}") if progress_factory else None
+        with bar if bar else nullcontext() as update:
+            args = (state, stage, recipe, update) + ((work,) if stage.kind == "recover" else ())
+            result = fn(*args)
+        result = {
+            "kind": stage.kind,
+            "index": i,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            **param_stats(state.loaded.model),
+            **result,
+        }
+        state.stages.append(result)
+        _save_state(work, state, i + 1, rhash)
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir()
+    save_model(state.loaded.model, state.loaded.tokenizer, final)
+    (final / "recipe.yaml").write_text(dump_recipe(recipe))
+    report = write_outputs(final, recipe, state.stages, model_spec)
+    if out.exists():
+        shutil.rmtree(out)
+    final.rename(out)
+    shutil.rmtree(work, ignore_errors=True)
+    return report

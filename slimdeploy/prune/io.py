@@ -1,0 +1,88 @@
+"""Saving and reloading pruned models: whole or not at all, with the record of what was kept.
+
+Uniform models reload with plain `from_pretrained`. Models with per-layer widths carry
+`slimdeploy_layer_widths` in config.json; `load_per_layer` builds the stock model, narrows each layer to
+its widths, then reads the safetensors (vLLM loads them through the DeciLM export instead).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from slimdeploy.errors import SlimdeployError
+
+
+@contextmanager
+def atomic_dir(out: Path, force: bool = False):
+    """Yield a temporary directory beside `out`; rename it to `out` only if the block finishes."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise SlimdeployError(f"output {out} already exists; choose another path or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    """save_pretrained (safetensors) + tokenizer + pruning.json into an existing directory."""
+    for p in model.parameters():
+        if not torch.isfinite(p).all():
+            raise SlimdeployError("the model has NaN/Inf weights; refusing to save it")
+    model.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    record = getattr(model, "slimdeploy_record", None)
+    if record is not None:
+        (out_dir / "pruning.json").write_text(json.dumps(record))
+
+
+def load_per_layer(path: Path, dtype):
+    """A model whose layers have different widths (config.slimdeploy_layer_widths), from safetensors."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slimdeploy.analyze.adapters import decoder_layers
+    from slimdeploy.prune.apply import prune_attention, prune_mlp
+
+    config = AutoConfig.from_pretrained(path)
+    widths = config.slimdeploy_layer_widths
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
+    for layer, w in zip(decoder_layers(model), widths, strict=True):
+        prune_mlp(layer, torch.arange(w["intermediate"]))
+        kv = torch.arange(w["kv_heads"])
+        per = w["heads"] // w["kv_heads"]
+        q_per_kv = config.num_attention_heads // config.num_key_value_heads
+        heads = torch.cat([g * q_per_kv + torch.arange(per) for g in kv.tolist()])
+        prune_attention(layer, heads, kv)
+    state = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise SlimdeployError(
+            f"{path}: weights do not match the per-layer config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    if dtype not in ("auto", None):
+        model.to(dtype)
+    return model.eval()
+
+
+def load_record(path: Path) -> dict | None:
+    rec = Path(path) / "pruning.json"
+    return json.loads(rec.read_text()) if rec.exists() else None

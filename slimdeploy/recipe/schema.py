@@ -1,0 +1,94 @@
+"""Recipe schema: metadata + an ordered list of typed stages (discriminated on `kind`). Unknown keys fail."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.prune.api import PruneConfig
+from slimdeploy.recover.config import RecoverConfig
+
+
+class PruneStage(PruneConfig):
+    kind: Literal["prune"]
+
+
+class RecoverStage(RecoverConfig):
+    kind: Literal["recover"]
+
+
+class MergeStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["merge"]
+    atol: float = Field(1e-4, gt=0, description="max |merged - adapter| logits, relative to the logit scale")
+
+
+class EvalStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["eval"]
+    data: str | None = Field(None, description="default: the recipe's eval_data, else the demo held-out split")
+    context_length: int | None = None
+    stride: int | None = None
+    max_tokens: int | None = Field(60000, ge=16, description="score at most this many tokens (None: all)")
+
+
+class ExportStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["export"]
+    format: Literal["vllm", "onnx", "ort-genai"]
+    tp_size: int = Field(1, ge=1)
+
+
+class BenchStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["bench"]
+    backend: Literal["torch", "onnxruntime", "ort-genai", "vllm"] = "torch"
+    input_len: int = Field(64, ge=1)
+    output_len: int = Field(32, ge=1)
+    concurrency: list[int] = Field(default_factory=lambda: [1])
+    repeats: int = Field(3, ge=1)
+
+
+Stage = Annotated[
+    Union[PruneStage, RecoverStage, MergeStage, EvalStage, ExportStage, BenchStage], Field(discriminator="kind")
+]
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    model: str | None = Field(None, description="default model; --model overrides; None: the embedded demo")
+    eval_data: str | None = Field(None, description="default data of eval stages")
+    seed: int = 0
+    stages: list[Stage] = Field(min_length=1)
+
+
+IMPLEMENTED = {"prune", "recover", "merge", "eval"}
+
+
+def check_order(recipe: Recipe) -> None:
+    """Stage order rules, checked before any weights load.
+
+    - `merge` must directly follow a `recover` (adapters are folded before anything else touches weights);
+    - a `recover` must be merged before the recipe ends or before the next prune/export/bench;
+    - `export` and `bench` need a model without pending adapters (they come after merge)."""
+    pending = False
+    for i, st in enumerate(recipe.stages):
+        where = f"stages[{i}] ({st.kind})"
+        if st.kind == "merge" and not pending:
+            raise SlimdeployError(f"{where}: merge needs a recover stage directly before it")
+        if pending and st.kind != "merge":
+            raise SlimdeployError(f"{where}: the recover stage before it must be followed by merge")
+        pending = st.kind == "recover"
+    if pending:
+        raise SlimdeployError("the last recover stage is never merged; add `- kind: merge` after it")
+    missing = [st.kind for st in recipe.stages if st.kind not in IMPLEMENTED]
+    if missing:
+        raise SlimdeployError(
+            f"stage(s) {', '.join(sorted(set(missing)))} are not available in this version yet "
+            "(exporters: issue 6, bench: issue 7); remove them from the recipe"
+        )

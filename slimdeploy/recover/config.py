@@ -1,0 +1,56 @@
+"""RecoverConfig: LoRA recovery settings (typed; unknown keys rejected)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n{output}"
+)
+
+
+class RecoverConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[str] = Field(default_factory=lambda: list(ALL_LINEAR))
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (must be > 0)")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: int = Field(10, ge=0)
+    steps: int | None = Field(200, ge=1, description="optimizer steps (or give tokens)")
+    tokens: int | None = Field(None, ge=1, description="token budget; overrides steps")
+    batch_size: int = Field(8, ge=1)
+    seq_len: int = Field(256, ge=8)
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on CPU (AMX); master weights stay fp32")
+    kd_weight: float = Field(0.0, ge=0, le=1, description="0: LM loss only; 1: only KL to the unpruned teacher")
+    kd_temperature: float = Field(1.0, gt=0)
+    data: str | None = Field(None, description=".txt/.jsonl/alpaca .json/hf:; default: demo train split")
+    prompt_template: str = ALPACA_TEMPLATE
+    eval_every: int = Field(0, ge=0, description="held-out loss every N steps (0: never)")
+    ckpt_every: int = Field(50, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _budget(self) -> RecoverConfig:
+        if self.steps is None and self.tokens is None:
+            raise ValueError("give steps or tokens")
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum
+
+    @property
+    def total_steps(self) -> int:
+        if self.tokens is not None:
+            return max(1, -(-self.tokens // self.tokens_per_step))
+        return int(self.steps)

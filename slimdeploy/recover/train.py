@@ -1,0 +1,172 @@
+"""LoRA recovery: a short, readable loop (nanoGPT-sized) over packed blocks.
+
+Loss = (1 - kd_weight) * LM loss + kd_weight * T^2 * KL(teacher || student) at temperature T, the teacher
+being the unpruned model (Minitron-style distillation). Checkpoints (adapter weights, optimizer, step) are
+written atomically every `ckpt_every` steps; batches are a pure function of the step, so a resumed run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.recover.config import RecoverConfig
+from slimdeploy.recover.data import batch_at, pack_blocks, recovery_docs
+
+
+def attach_lora(model, cfg: RecoverConfig):
+    """Wrap `model` with PEFT LoRA adapters; refuses targets that match no module."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.targets if t not in names]
+    if missing or not cfg.targets:
+        raise SlimdeployError(
+            f"LoRA targets {missing or cfg.targets} match no module of this model; "
+            f"available projections include {', '.join(sorted(n for n in names if 'proj' in n))}"
+        )
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, lcfg)
+    if cfg.gradient_checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.enable_input_require_grads()
+    return peft_model
+
+
+def lr_at(step: int, cfg: RecoverConfig) -> float:
+    total = cfg.total_steps
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup) / max(1, total - cfg.warmup)
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - progress)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student), averaged over tokens."""
+    s = F.log_softmax(student_logits.float() / T, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return (T * T) * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+
+
+def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        out = model(input_ids=x, labels=x, use_cache=False)
+        loss = out.loss
+        if teacher is not None and cfg.kd_weight > 0:
+            with torch.no_grad():
+                t_logits = teacher(input_ids=x, use_cache=False).logits
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out.logits, t_logits, cfg.kd_temperature)
+    return loss
+
+
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _save_ckpt(path: Path, model, opt, step: int, history: list) -> None:
+    state = {
+        "adapter": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optim": opt.state_dict(),
+        "step": step,
+        "history": history,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_ckpt(path: Path, model, opt) -> tuple[int, list]:
+    state = torch.load(path, weights_only=True)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state["adapter"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(state["optim"])
+    return state["step"], state["history"]
+
+
+@torch.no_grad()
+def heldout_loss(model, blocks: torch.Tensor, cfg: RecoverConfig, max_blocks: int = 16) -> float:
+    was = model.training
+    model.eval()
+    losses = [step_loss(model, blocks[i : i + 4], cfg).item() for i in range(0, min(len(blocks), max_blocks), 4)]
+    model.train(was)
+    return sum(losses) / max(1, len(losses))
+
+
+def recover(
+    model, tokenizer, cfg: RecoverConfig, teacher=None, work_dir: Path | None = None, progress=None, on_step=None
+) -> tuple[object, dict]:
+    """Train LoRA adapters on `model`; returns (peft_model, report). Resumes from `work_dir` if it has a ckpt."""
+    docs, fp = recovery_docs(cfg.data, cfg.prompt_template)
+    blocks = pack_blocks(tokenizer, docs, cfg.seq_len)
+    held = None
+    if cfg.eval_every:
+        held_docs, _ = recovery_docs(None if cfg.data is None else cfg.data, cfg.prompt_template, split="eval")
+        held = pack_blocks(tokenizer, held_docs, cfg.seq_len)[-16:]
+    peft_model = attach_lora(model, cfg)
+    peft_model.train()
+    opt = torch.optim.AdamW(_trainable(peft_model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    ckpt = Path(work_dir) / "recover_ckpt.pt" if work_dir else None
+    if ckpt and ckpt.exists():
+        start, history = _load_ckpt(ckpt, peft_model, opt)
+    total = cfg.total_steps
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start, total):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            x = blocks[batch_at(step, micro, len(blocks), cfg.batch_size, cfg.grad_accum, cfg.seed)]
+            loss = step_loss(peft_model, x, cfg, teacher) / cfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+            tokens += x.numel()
+        if not math.isfinite(loss_sum):
+            raise SlimdeployError(f"recovery diverged at step {step + 1} (loss {loss_sum}); lower lr")
+        torch.nn.utils.clip_grad_norm_(_trainable(peft_model), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        entry = {"step": step + 1, "loss": round(loss_sum, 5)}
+        if held is not None and (step + 1) % cfg.eval_every == 0:
+            entry["heldout_loss"] = round(heldout_loss(peft_model, held, cfg), 5)
+        history.append(entry)
+        rate = tokens / max(1e-9, time.perf_counter() - t0)
+        if progress:
+            progress(step + 1, total, loss=loss_sum, tok_s=rate)
+        if on_step:
+            on_step(peft_model, step + 1)
+        if ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == total):
+            _save_ckpt(ckpt, peft_model, opt, step + 1, history)
+    peft_model.eval()
+    report = {
+        "steps": total,
+        "tokens": total * cfg.tokens_per_step,
+        "data": fp,
+        "blocks": len(blocks),
+        "final_loss": history[-1]["loss"] if history else None,
+        "history": history,
+        "kd_weight": cfg.kd_weight,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return peft_model, report

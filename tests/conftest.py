@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+
 import pytest
 import torch
 
@@ -38,3 +42,45 @@ def tokenizer():
 def ids(batch: int = 2, seq: int = 16, vocab: int = 8192, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(1, vocab, (batch, seq), generator=g)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real console entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from slimdeploy.cli import main
+    from slimdeploy.cli.common import FLAGS
+
+    FLAGS.quiet = FLAGS.json = FLAGS.debug = False
+    old = sys.argv
+    sys.argv = ["slimdeploy", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, tokenizer):
+    """A tiny random Llama saved like a hub checkpoint (safetensors + config + the demo tokenizer)."""
+    from slimdeploy.load.tiny import build_tiny_model
+
+    path = tmp_path / "tiny-llama"
+    build_tiny_model("llama", hidden_size=64, intermediate_size=128, head_dim=16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+    """~60 KB of real text (stdlib sources) for calibration, recovery and eval in tests."""
+    from slimdeploy.zoo.corpus import read_split
+
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_text("\n\n".join(read_split("calibration")[:40])[:60000])
+    return path

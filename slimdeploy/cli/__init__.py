@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -11,6 +12,12 @@ from slimdeploy import __version__
 from slimdeploy.cli import commands, recipes_cmd, zoo_cmd
 from slimdeploy.cli.common import FLAGS
 from slimdeploy.errors import SlimdeployError
+
+# our own rich progress bars replace transformers' tqdm ones (which would break one-line errors on stderr)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+if "--debug" not in sys.argv:  # library warnings would turn one-line errors into pages
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 app = typer.Typer(
     name="slimdeploy",

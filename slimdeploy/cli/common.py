@@ -28,29 +28,37 @@ def not_yet(command: str, issue: str) -> None:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
-    """Yields update(done, total, **fields); silent under --quiet / --json or when stderr is not a TTY-able."""
+    """Yields update(done, total, **fields); silent under --quiet / --json."""
     if FLAGS.quiet or FLAGS.json:
         yield lambda *a, **k: None
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(
+    progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        transient=False,
         console=_console(),
-    ) as progress:
-        task = progress.add_task(description, total=None, info="")
+    )
+    task = progress.add_task(description, total=None, info="")
+    started = False
 
-        def update(done: int, total: int, **fields: Any) -> None:
-            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-            progress.update(task, completed=done, total=total, info=info)
+    def update(done: int, total: int, **fields: Any) -> None:
+        nonlocal started
+        if not started:  # drawn at the first update, so input errors found earlier stay a single line
+            progress.start()
+            started = True
+        info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        progress.update(task, completed=done, total=total, info=info)
 
+    try:
         yield update
+    finally:
+        if started:
+            progress.stop()
 
 
 def _console():

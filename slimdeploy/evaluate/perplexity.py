@@ -4,8 +4,8 @@ Protocol: the documents form one token stream: with boundary "bos" every documen
 llama-style models are trained), with "eos" documents are joined by EOS, with "none" simply concatenated.
 Text files are one document unless doc_split is "blank-line" (paragraphs become documents). Windows of
 `context_length` tokens start every `stride` tokens; each target token is scored exactly once, in the first
-window that contains it with at least one token of context (so with stride < context every token after the
-first window sees at least context - stride tokens of history). The first token is never scored.
+window that contains it with at least one token of context: windows start every `stride` tokens, but never
+later than one token before the previous window's end (so stride == context still scores every token). The first token is never scored.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ class PerplexityProtocol:
             raise SlimdeployError(
                 f"need context_length >= 2 and 1 <= stride <= context_length (got {self.context_length}, {self.stride})"
             )
-        if n_tokens < self.context_length + 1:
+        if n_tokens < self.context_length:
             raise SlimdeployError(
-                f"text too short: {n_tokens} tokens, fewer than one window of {self.context_length} + 1; "
+                f"text too short: {n_tokens} tokens, fewer than one window of {self.context_length}; "
                 "pass more text or a smaller --context-length"
             )
 
@@ -47,7 +47,7 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
         end = min(begin + context, n_tokens)
         out.append((begin, end, max(prev_end, begin + 1)))
         prev_end = end
-        begin += stride
+        begin = min(begin + stride, end - 1)  # the next target needs at least one token of context
     return out
 
 

@@ -47,7 +47,7 @@ def build_tiny_model(family: str = "llama", tied: bool = False, seed: int = 0, *
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(family, tied, **overrides), dtype=torch.float32)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:  # norms and biases default to 1/0: perturb them so slicing errors show
                 p.add_(torch.randn_like(p) * 0.1)
     return model.eval()

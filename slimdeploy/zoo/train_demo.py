@@ -33,7 +33,7 @@ class DemoTrainConfig:
     head_dim: int = 64
     seq_len: int = 512
     batch_size: int = 8
-    steps: int = 1800
+    steps: int = 1300
     lr: float = 1.5e-3
     min_lr: float = 1e-4
     warmup: int = 100

@@ -1,0 +1,140 @@
+"""Allocation and the prune stage on tiny models: targets met, constraints kept, bad input refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import ids
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.tiny import build_tiny_model
+from slimdeploy.prune.api import PruneConfig, prune
+from slimdeploy.score.api import CRITERIA
+
+
+def _big(family="llama", tied=False):
+    # 8 heads in 2 KV groups, head_dim 16, hidden 128: enough room for head and channel choices
+    return build_tiny_model(family, tied=tied, hidden_size=128, num_attention_heads=8, head_dim=16,
+                            intermediate_size=256, num_hidden_layers=4, vocab_size=512)
+
+
+def _calib(n=4, seq=32):
+    return torch.randint(1, 512, (n, seq), generator=torch.Generator().manual_seed(3))
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_every_criterion_prunes_to_target(criterion):
+    model = _big()
+    p0 = _params(model)
+    rep = prune(model, PruneConfig(ratio=0.2, criterion=criterion, round_to=16), _calib())
+    assert abs(rep["removed_fraction"] - 0.2) < 0.02
+    assert _params(model) == rep["params_after"] < p0
+    cfg = model.config
+    assert cfg.hidden_size % cfg.num_attention_heads == 0
+    assert cfg.intermediate_size % 16 == 0
+    out = model(input_ids=ids(vocab=512)).logits
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family,tied", [("qwen2", False), ("qwen3", True), ("mistral", True)])
+def test_families_and_tied_embeddings(family, tied):
+    model = _big(family, tied)
+    rep = prune(model, PruneConfig(ratio=0.3, criterion="wanda", round_to=16, structures=["mlp", "head", "kv"]),
+                _calib())
+    assert abs(rep["removed_fraction"] - 0.3) < 0.02
+    if tied:
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_global_allocation_gives_per_layer_widths(tmp_path):
+    from slimdeploy.load.model import load_model
+    from slimdeploy.prune.io import save_model
+
+    model = _big()
+    rep = prune(model, PruneConfig(ratio=0.3, criterion="wanda", allocation="global", round_to=16,
+                                   structures=["mlp", "kv"], protect_first=1), _calib())
+    widths = rep["widths"]
+    assert widths[0]["intermediate"] == 256  # protected
+    assert len({w["intermediate"] for w in widths[1:]}) >= 1
+    assert abs(rep["removed_fraction"] - 0.3) < 0.03
+    save_model(model, None, tmp_path)
+    from transformers import AutoTokenizer
+
+    from slimdeploy.load.model import demo_model_dir
+
+    AutoTokenizer.from_pretrained(demo_model_dir()).save_pretrained(tmp_path)
+    again = load_model(str(tmp_path)).model
+    x = ids(vocab=512)
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=x).logits, model(input_ids=x).logits, atol=1e-5)
+    assert again.slimdeploy_record["layers"][0]["mlp_keep"] == list(range(256))
+
+
+def test_depth_pruning_drops_layers_by_block_influence():
+    model = _big()
+    rep = prune(model, PruneConfig(ratio=0.2, criterion="wanda", structures=["layer"]), _calib())
+    assert model.config.num_hidden_layers == 3
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
+    assert rep["removed_fraction"] > 0.1
+    model.generate(ids(vocab=512)[:1, :4], max_new_tokens=3, do_sample=False)  # KV cache indices still right
+
+
+def test_tp_divisibility():
+    model = _big()
+    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16, tp_size=2, structures=["mlp", "head", "kv"]),
+          None)
+    cfg = model.config
+    assert cfg.num_attention_heads % 2 == 0 and cfg.num_key_value_heads % 2 == 0 and cfg.intermediate_size % 2 == 0
+
+
+def test_pruning_a_pruned_model_composes_the_record():
+    model = _big()
+    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
+    first = copy.deepcopy(model.slimdeploy_record)
+    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
+    rec = model.slimdeploy_record
+    for a, b in zip(first["layers"], rec["layers"]):
+        assert set(b["mlp_keep"]) < set(a["mlp_keep"])  # indices stay relative to the original model
+    assert rec["original"]["intermediate_size"] == 256
+
+
+def test_multishot_surgeon_with_update():
+    model = _big()
+    rep = prune(model, PruneConfig(ratio=0.3, criterion="surgeon", round_to=16, shots=2), _calib())
+    assert len(rep["shots"]) == 2 and rep["update"] == "cols"
+    assert abs(rep["removed_fraction"] - 0.3) < 0.02
+
+
+@pytest.mark.parametrize("bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": -0.1}, {"criterion": "magic"},
+                                 {"structures": []}, {"bogus_key": 1}])
+def test_bad_config_rejected(bad):
+    with pytest.raises(Exception):
+        PruneConfig(**bad)
+
+
+def test_impossible_target_says_what_is_achievable():
+    model = _big()
+    with pytest.raises(SlimdeployError, match="achievable up to"):
+        prune(model, PruneConfig(ratio=0.9, criterion="l2", round_to=16, structures=["head"]), None)
+
+
+def test_calibration_too_short(tokenizer):
+    from slimdeploy.load.data import calibration_batches, token_stream
+
+    stream = token_stream(tokenizer, ["x = 1"])
+    with pytest.raises(SlimdeployError, match="too short"):
+        calibration_batches(stream, 4, 128)
+
+
+def test_unsupported_family_for_pruning():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
+    with pytest.raises(SlimdeployError, match="supported: llama, mistral, qwen2, qwen3"):
+        prune(model, PruneConfig(ratio=0.2, criterion="l2"), None)

@@ -1,0 +1,150 @@
+"""Recipes: every file under recipes/ validates; typos fail before any weights load, naming key and line;
+every built-in recipe runs end to end on a tiny model with short budgets; report fields recompute."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.recipe.loader import builtin_recipes, load_recipe
+
+RECIPE_FILES = sorted((ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_recipes_exist():
+    assert RECIPE_FILES, "no recipe found under recipes/"
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
+def test_recipe_validates(path):
+    recipe, _ = load_recipe(str(path))
+    assert recipe.stages
+
+
+def test_typo_names_key_and_line(tmp_path, capsys):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("name: t\nstages:\n  - kind: prune\n    ratio: 0.2\n    critrion: wanda\n")
+    with pytest.raises(SlimdeployError, match=r"typo.yaml:5: stages.0.prune.critrion: unknown key"):
+        load_recipe(str(bad))
+    code, _, err = run_cli(["compress", "--recipe", str(bad), "--model", "/nonexistent"], capsys)
+    assert code == 1 and "critrion" in err and ":5:" in err  # failed before looking at the model
+
+
+def test_stage_order_checked(tmp_path):
+    bad = tmp_path / "order.yaml"
+    bad.write_text("name: o\nstages:\n  - kind: recover\n  - kind: eval\n")
+    with pytest.raises(SlimdeployError, match="followed by merge"):
+        load_recipe(str(bad))
+
+
+def test_set_overrides(tmp_path):
+    recipe, _ = load_recipe("20pct", ["prune.ratio=0.3", "recover.steps=5"])
+    assert recipe.stages[1].ratio == 0.3
+    with pytest.raises(SlimdeployError, match="no 'export' stage"):
+        load_recipe("20pct", ["export.format=onnx"])
+
+
+def _short(name: str) -> list[str]:
+    """Budgets small enough for a tiny model in the test suite."""
+    kinds = {s.kind for s in load_recipe(name)[0].stages}
+    sets = ["eval.max_tokens=200", "eval.context_length=64"]
+    if "prune" in kinds:
+        sets += ["prune.n_samples=4", "prune.seq_len=32", "prune.round_to=16"]
+    if "recover" in kinds:
+        sets += ["recover.steps=3", "recover.batch_size=2", "recover.seq_len=32", "recover.warmup=1"]
+    return sets
+
+
+@pytest.fixture
+def small_dir(tmp_path, tokenizer):
+    from slimdeploy.load.tiny import build_tiny_model
+
+    path = tmp_path / "small"
+    build_tiny_model("llama", hidden_size=128, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+                      intermediate_size=256, num_hidden_layers=4, vocab_size=8192, tied=True).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_builtin_recipe_end_to_end(name, small_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["-q", "compress", "--recipe", name, "--model", str(small_dir), "--data", str(text_file),
+            "--out", str(out)]
+    for s in _short(name):
+        args += ["--set", s]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "report.json", "report.md",
+              "README.md", "pruning.json"):
+        assert (out / f).exists(), f
+    assert not list(tmp_path.glob(".out.partial*"))
+
+
+def test_report_fields_recompute(small_dir, text_file, tmp_path, capsys):
+    from slimdeploy.evaluate.api import evaluate_loaded
+    from slimdeploy.load.model import load_model
+
+    out = tmp_path / "out"
+    args = ["-q", "compress", "--recipe", "20pct", "--model", str(small_dir), "--data", str(text_file),
+            "--out", str(out)]
+    for s in _short("20pct"):
+        args += ["--set", s]
+    assert run_cli(args, capsys)[0] == 0
+    report = json.loads((out / "report.json").read_text())
+    s = report["summary"]
+    loaded = load_model(str(out))
+    params = sum(p.numel() for p in loaded.model.parameters())
+    assert s["params_after"] == params
+    assert s["bytes_after"] == sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    orig = load_model(str(small_dir)).model
+    assert s["params_before"] == sum(p.numel() for p in orig.parameters())
+    last_eval = [st for st in report["stages"] if st["kind"] == "eval"][-1]
+    again = evaluate_loaded(loaded.model, loaded.tokenizer, str(text_file),
+                            {"context_length": 64, "stride": None}, max_tokens=200)
+    assert again["ppl"] == pytest.approx(last_eval["ppl"], rel=1e-5)
+    assert s["perplexity"]["recovered"] == last_eval["ppl"]
+    assert (out / "plots" / "perplexity_per_stage.png").stat().st_size > 1000
+
+
+def test_existing_output_needs_force(small_dir, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    code, _, err = run_cli(["compress", "--model", str(small_dir), "--out", str(out)], capsys)
+    assert code == 1 and "already exists" in err
+
+
+def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, monkeypatch):
+    """A failure in a late stage leaves .partial state; the re-run continues after the last finished stage."""
+    from slimdeploy.pipeline import runner
+
+    out = tmp_path / "out"
+    args = ["-q", "compress", "--recipe", "20pct", "--model", str(small_dir), "--data", str(text_file),
+            "--out", str(out)]
+    for s in _short("20pct"):
+        args += ["--set", s]
+    calls = []
+    real_merge = runner._stage_merge
+
+    def failing_merge(*a, **k):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_stage_merge", failing_merge)
+    code, _, _ = run_cli(args, capsys)
+    assert code == 130 and not out.exists()
+    state = json.loads((tmp_path / ".out.partial" / "state.json").read_text())
+    assert state["done"] == 4 and state["adapter_pending"]
+    monkeypatch.setattr(runner, "_stage_merge", real_merge)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [s["kind"] for s in report["stages"]] == ["load", "eval", "prune", "eval", "recover", "merge", "eval"]
+
+

@@ -1,0 +1,121 @@
+"""LoRA recovery: loss goes down, merged equals unmerged, interrupted runs resume exactly, bad input refused."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.tiny import build_tiny_model
+from slimdeploy.merge.api import merge
+from slimdeploy.recover.config import RecoverConfig
+from slimdeploy.recover.train import recover
+
+
+def _cfg(text_file, **kw):
+    base = dict(data=str(text_file), steps=12, batch_size=2, seq_len=32, lr=3e-3, rank=4, warmup=2, ckpt_every=4)
+    base.update(kw)
+    return RecoverConfig(**base)
+
+
+def test_loss_decreases_and_merge_is_exact(text_file, tokenizer):
+    model = build_tiny_model("qwen2")
+    peft_model, rep = recover(model, tokenizer, _cfg(text_file, steps=30, batch_size=1, seed=1))
+    losses = [h["loss"] for h in rep["history"]]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    probe = torch.arange(1, 33)[None]
+    merged, parity = merge(peft_model, probe)
+    assert parity["max_abs_diff"] <= 1e-4 * max(1.0, parity["logit_scale"])
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_distillation_uses_the_teacher(text_file, tokenizer):
+    teacher = build_tiny_model("llama", seed=5)
+    student = build_tiny_model("llama", seed=6)
+    _, rep = recover(student, tokenizer, _cfg(text_file, kd_weight=1.0, steps=3), teacher=teacher)
+    assert rep["kd_weight"] == 1.0 and all(h["loss"] >= 0 for h in rep["history"])
+
+
+def test_merged_model_saves_and_reloads(text_file, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    peft_model, _ = recover(build_tiny_model("llama"), tokenizer, _cfg(text_file, steps=3))
+    merged, _ = merge(peft_model, torch.arange(1, 17)[None])
+    merged.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    x = torch.arange(5, 25)[None]
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=x).logits, merged(input_ids=x).logits, atol=1e-6)
+
+
+RESUME_SCRIPT = r"""
+import json, os, sys, torch
+from pathlib import Path
+from transformers import AutoTokenizer
+from slimdeploy.load.model import demo_model_dir
+from slimdeploy.load.tiny import build_tiny_model
+from slimdeploy.recover.config import RecoverConfig
+from slimdeploy.recover.train import recover
+torch.set_num_threads(1)
+work, text, kill_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+cfg = RecoverConfig(data=text, steps=12, batch_size=2, seq_len=32, lr=3e-3, rank=4, warmup=2, ckpt_every=4)
+def on_step(model, step):
+    if step == kill_at:
+        os.kill(os.getpid(), 9)  # like kill -9: no cleanup at all
+tok = AutoTokenizer.from_pretrained(demo_model_dir())
+pm, _ = recover(build_tiny_model("llama"), tok, cfg, work_dir=work, on_step=on_step)
+torch.save({n: p.detach() for n, p in pm.named_parameters() if "lora" in n}, work / "final.pt")
+"""
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path, text_file):
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    resumed.mkdir()
+    run = lambda work, kill: subprocess.run([sys.executable, str(script), str(work), str(text_file), str(kill)],
+                                            capture_output=True, text=True)
+    assert run(straight, -1).returncode == 0
+    killed = run(resumed, 6)  # dies after step 6; last checkpoint at step 4
+    assert killed.returncode == -9
+    assert not (resumed / "final.pt").exists()
+    ok = run(resumed, -1)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    a = torch.load(straight / "final.pt", weights_only=True)
+    b = torch.load(resumed / "final.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("bad", [{"steps": 0}, {"lr": 0}, {"lr": -1e-3}, {"rank": 0}, {"unknown": 1}])
+def test_bad_config(bad, text_file):
+    with pytest.raises(Exception):
+        _cfg(text_file, **bad)
+
+
+def test_lora_targets_that_match_nothing(text_file, tokenizer):
+    with pytest.raises(SlimdeployError, match="match no module"):
+        recover(build_tiny_model("llama"), tokenizer, _cfg(text_file, targets=["c_attn"]))
+
+
+@pytest.mark.parametrize("content,match", [("", "not valid JSON"), ("[]", "non-empty"), ("{\"a\": 1}", "non-empty"),
+                                           ("[{\"instruction\": 3}]", "record 0"), ("[{", "not valid JSON")])
+def test_bad_instruction_json(tmp_path, tokenizer, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(SlimdeployError, match=match):
+        recover(build_tiny_model("llama"), tokenizer, _cfg(path))
+
+
+def test_alpaca_json_recovery(tmp_path, tokenizer):
+    rows = [{"instruction": f"Add {i} and {i}.", "input": "", "output": f"{2 * i}"} for i in range(200)]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows))
+    _, rep = recover(build_tiny_model("llama"), tokenizer, _cfg(path, steps=2))
+    assert rep["data"]["format"] == "alpaca" and rep["blocks"] > 0

@@ -65,8 +65,9 @@ def small_dir(tmp_path, tokenizer):
     from slimdeploy.load.tiny import build_tiny_model
 
     path = tmp_path / "small"
-    build_tiny_model("llama", hidden_size=128, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
-                      intermediate_size=256, num_hidden_layers=4, vocab_size=8192, tied=True).save_pretrained(path)
+    # layers hold most parameters (as in real models) so 50% is reachable beside an 8k-token embedding
+    build_tiny_model("llama", hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
+                     intermediate_size=1024, num_hidden_layers=4, vocab_size=8192, tied=True).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

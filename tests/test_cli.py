@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
 
 COMMANDS = ["eval", "inspect", "prune", "compress", "export", "bench", "recipes", "zoo"]
@@ -88,8 +87,21 @@ def test_debug_shows_traceback(capsys, tmp_path, text_file):
 def test_eval_json_and_inspect(capsys, tiny_dir, text_file):
     import json
 
-    code, out, _ = run_cli(["--json", "eval", "--model", str(tiny_dir), "--data", str(text_file),
-                            "--context-length", "64", "--max-tokens", "300"], capsys)
+    code, out, _ = run_cli(
+        [
+            "--json",
+            "eval",
+            "--model",
+            str(tiny_dir),
+            "--data",
+            str(text_file),
+            "--context-length",
+            "64",
+            "--max-tokens",
+            "300",
+        ],
+        capsys,
+    )
     assert code == 0
     r = json.loads(out)
     assert r["tokens_scored"] == 299 and r["protocol"]["context_length"] == 64 and r["ppl"] > 1

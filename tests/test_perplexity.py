@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import shared_path
+
 from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity, token_nll, windows
 from slimdeploy.load.tiny import build_tiny_model
 

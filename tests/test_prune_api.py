@@ -6,8 +6,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import ids
+
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.tiny import build_tiny_model
 from slimdeploy.prune.api import PruneConfig, prune
@@ -16,8 +16,16 @@ from slimdeploy.score.api import CRITERIA
 
 def _big(family="llama", tied=False):
     # 8 heads in 2 KV groups, head_dim 16, hidden 128: enough room for head and channel choices
-    return build_tiny_model(family, tied=tied, hidden_size=128, num_attention_heads=8, head_dim=16,
-                            intermediate_size=256, num_hidden_layers=4, vocab_size=512)
+    return build_tiny_model(
+        family,
+        tied=tied,
+        hidden_size=128,
+        num_attention_heads=8,
+        head_dim=16,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        vocab_size=512,
+    )
 
 
 def _calib(n=4, seq=32):
@@ -45,8 +53,9 @@ def test_every_criterion_prunes_to_target(criterion):
 @pytest.mark.parametrize("family,tied", [("qwen2", False), ("qwen3", True), ("mistral", True)])
 def test_families_and_tied_embeddings(family, tied):
     model = _big(family, tied)
-    rep = prune(model, PruneConfig(ratio=0.3, criterion="wanda", round_to=16, structures=["mlp", "head", "kv"]),
-                _calib())
+    rep = prune(
+        model, PruneConfig(ratio=0.3, criterion="wanda", round_to=16, structures=["mlp", "head", "kv"]), _calib()
+    )
     assert abs(rep["removed_fraction"] - 0.3) < 0.02
     if tied:
         assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -57,8 +66,13 @@ def test_global_allocation_gives_per_layer_widths(tmp_path):
     from slimdeploy.prune.io import save_model
 
     model = _big()
-    rep = prune(model, PruneConfig(ratio=0.3, criterion="wanda", allocation="global", round_to=16,
-                                   structures=["mlp", "kv"], protect_first=1), _calib())
+    rep = prune(
+        model,
+        PruneConfig(
+            ratio=0.3, criterion="wanda", allocation="global", round_to=16, structures=["mlp", "kv"], protect_first=1
+        ),
+        _calib(),
+    )
     widths = rep["widths"]
     assert widths[0]["intermediate"] == 256  # protected
     assert len({w["intermediate"] for w in widths[1:]}) >= 1
@@ -87,8 +101,7 @@ def test_depth_pruning_drops_layers_by_block_influence():
 
 def test_tp_divisibility():
     model = _big()
-    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16, tp_size=2, structures=["mlp", "head", "kv"]),
-          None)
+    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16, tp_size=2, structures=["mlp", "head", "kv"]), None)
     cfg = model.config
     assert cfg.num_attention_heads % 2 == 0 and cfg.num_key_value_heads % 2 == 0 and cfg.intermediate_size % 2 == 0
 
@@ -111,8 +124,9 @@ def test_multishot_surgeon_with_update():
     assert abs(rep["removed_fraction"] - 0.3) < 0.02
 
 
-@pytest.mark.parametrize("bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": -0.1}, {"criterion": "magic"},
-                                 {"structures": []}, {"bogus_key": 1}])
+@pytest.mark.parametrize(
+    "bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": -0.1}, {"criterion": "magic"}, {"structures": []}, {"bogus_key": 1}]
+)
 def test_bad_config_rejected(bad):
     with pytest.raises(Exception):
         PruneConfig(**bad)

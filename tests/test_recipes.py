@@ -4,12 +4,10 @@ every built-in recipe runs end to end on a tiny model with short budgets; report
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
-
 from conftest import ROOT, run_cli
+
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.recipe.loader import builtin_recipes, load_recipe
 
@@ -56,7 +54,13 @@ def _short(name: str) -> list[str]:
     if "prune" in kinds:
         sets += ["prune.n_samples=4", "prune.seq_len=32", "prune.round_to=16"]
     if "recover" in kinds:
-        sets += ["recover.steps=3", "recover.batch_size=2", "recover.seq_len=32", "recover.warmup=1"]
+        sets += [
+            "recover.steps=4",
+            "recover.batch_size=2",
+            "recover.seq_len=32",
+            "recover.warmup=1",
+            "recover.update_every=2",
+        ]
     return sets
 
 
@@ -66,8 +70,17 @@ def small_dir(tmp_path, tokenizer):
 
     path = tmp_path / "small"
     # layers hold most parameters (as in real models) so 50% is reachable beside an 8k-token embedding
-    build_tiny_model("llama", hidden_size=256, num_attention_heads=8, num_key_value_heads=2, head_dim=32,
-                     intermediate_size=1024, num_hidden_layers=4, vocab_size=8192, tied=True).save_pretrained(path)
+    build_tiny_model(
+        "llama",
+        hidden_size=256,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=32,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        vocab_size=8192,
+        tied=True,
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -76,14 +89,21 @@ def small_dir(tmp_path, tokenizer):
 @pytest.mark.parametrize("name", sorted(builtin_recipes()))
 def test_builtin_recipe_end_to_end(name, small_dir, text_file, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["-q", "compress", "--recipe", name, "--model", str(small_dir), "--data", str(text_file),
-            "--out", str(out)]
+    args = ["-q", "compress", "--recipe", name, "--model", str(small_dir), "--data", str(text_file), "--out", str(out)]
     for s in _short(name):
         args += ["--set", s]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "recipe.yaml", "report.json", "report.md",
-              "README.md", "pruning.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "recipe.yaml",
+        "report.json",
+        "report.md",
+        "README.md",
+        "pruning.json",
+    ):
         assert (out / f).exists(), f
     assert not list(tmp_path.glob(".out.partial*"))
 
@@ -93,8 +113,18 @@ def test_report_fields_recompute(small_dir, text_file, tmp_path, capsys):
     from slimdeploy.load.model import load_model
 
     out = tmp_path / "out"
-    args = ["-q", "compress", "--recipe", "20pct", "--model", str(small_dir), "--data", str(text_file),
-            "--out", str(out)]
+    args = [
+        "-q",
+        "compress",
+        "--recipe",
+        "20pct",
+        "--model",
+        str(small_dir),
+        "--data",
+        str(text_file),
+        "--out",
+        str(out),
+    ]
     for s in _short("20pct"):
         args += ["--set", s]
     assert run_cli(args, capsys)[0] == 0
@@ -107,8 +137,9 @@ def test_report_fields_recompute(small_dir, text_file, tmp_path, capsys):
     orig = load_model(str(small_dir)).model
     assert s["params_before"] == sum(p.numel() for p in orig.parameters())
     last_eval = [st for st in report["stages"] if st["kind"] == "eval"][-1]
-    again = evaluate_loaded(loaded.model, loaded.tokenizer, str(text_file),
-                            {"context_length": 64, "stride": None}, max_tokens=200)
+    again = evaluate_loaded(
+        loaded.model, loaded.tokenizer, str(text_file), {"context_length": 64, "stride": None}, max_tokens=200
+    )
     assert again["ppl"] == pytest.approx(last_eval["ppl"], rel=1e-5)
     assert s["perplexity"]["recovered"] == last_eval["ppl"]
     assert (out / "plots" / "perplexity_per_stage.png").stat().st_size > 1000
@@ -126,8 +157,18 @@ def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, mo
     from slimdeploy.pipeline import runner
 
     out = tmp_path / "out"
-    args = ["-q", "compress", "--recipe", "20pct", "--model", str(small_dir), "--data", str(text_file),
-            "--out", str(out)]
+    args = [
+        "-q",
+        "compress",
+        "--recipe",
+        "20pct",
+        "--model",
+        str(small_dir),
+        "--data",
+        str(text_file),
+        "--out",
+        str(out),
+    ]
     for s in _short("20pct"):
         args += ["--set", s]
     calls = []
@@ -147,5 +188,3 @@ def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, mo
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert [s["kind"] for s in report["stages"]] == ["load", "eval", "prune", "eval", "recover", "merge", "eval"]
-
-

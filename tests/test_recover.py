@@ -78,8 +78,9 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, text_file):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    run = lambda work, kill: subprocess.run([sys.executable, str(script), str(work), str(text_file), str(kill)],
-                                            capture_output=True, text=True)
+    run = lambda work, kill: subprocess.run(
+        [sys.executable, str(script), str(work), str(text_file), str(kill)], capture_output=True, text=True
+    )
     assert run(straight, -1).returncode == 0
     killed = run(resumed, 6)  # dies after step 6; last checkpoint at step 4
     assert killed.returncode == -9
@@ -104,8 +105,16 @@ def test_lora_targets_that_match_nothing(text_file, tokenizer):
         recover(build_tiny_model("llama"), tokenizer, _cfg(text_file, targets=["c_attn"]))
 
 
-@pytest.mark.parametrize("content,match", [("", "not valid JSON"), ("[]", "non-empty"), ("{\"a\": 1}", "non-empty"),
-                                           ("[{\"instruction\": 3}]", "record 0"), ("[{", "not valid JSON")])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ("", "not valid JSON"),
+        ("[]", "non-empty"),
+        ('{"a": 1}', "non-empty"),
+        ('[{"instruction": 3}]', "record 0"),
+        ("[{", "not valid JSON"),
+    ],
+)
 def test_bad_instruction_json(tmp_path, tokenizer, content, match):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -119,3 +128,72 @@ def test_alpaca_json_recovery(tmp_path, tokenizer):
     path.write_text(json.dumps(rows))
     _, rep = recover(build_tiny_model("llama"), tokenizer, _cfg(path, steps=2))
     assert rep["data"]["format"] == "alpaca" and rep["blocks"] > 0
+
+
+def _wide():
+    return build_tiny_model(
+        "llama",
+        hidden_size=128,
+        num_attention_heads=8,
+        head_dim=16,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        vocab_size=8192,
+        tied=True,
+    )
+
+
+@pytest.mark.parametrize("mode", ["loraprune", "lorashear"])
+def test_pruning_while_training_then_merge_slices(mode, text_file, tokenizer):
+    model = _wide()
+    p0 = sum(p.numel() for p in model.parameters())
+    cfg = _cfg(
+        text_file,
+        steps=12,
+        mode=mode,
+        update_every=2,
+        periods=3,
+        prune={"ratio": 0.1, "round_to": 16, "structures": ["mlp", "head"]},
+    )
+    peft_model, rep = recover(model, tokenizer, cfg)
+    assert rep["pruning_schedule"], "no mask update happened"
+    merged, parity = merge(peft_model, torch.arange(1, 33)[None])  # masked adapter model == sliced dense model
+    p1 = sum(p.numel() for p in merged.parameters())
+    assert parity["sliced_to_params"] == p1 and abs((p0 - p1) / p0 - 0.1) < 0.02
+    assert parity["max_abs_diff"] < 1e-4
+
+
+def test_loraprune_sparsity_follows_cubic_schedule(text_file, tokenizer):
+    from slimdeploy.recover.progressive import cubic_sparsity
+
+    cfg = _cfg(
+        text_file, steps=10, mode="loraprune", update_every=2, prune_fraction=0.8, prune={"ratio": 0.1, "round_to": 16}
+    )
+    _, rep = recover(_wide(), tokenizer, cfg)
+    got = [h["sparsity"] for h in rep["pruning_schedule"]]
+    assert got == [round(cubic_sparsity(s, 8, 0.1), 4) for s in (2, 4, 6, 8)]
+    assert got == sorted(got)
+
+
+def test_dynamic_data_adaptor_reweights(text_file, tokenizer, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("the cat sat on the mat. " * 400)
+    cfg = _cfg(
+        text_file,
+        steps=9,
+        mode="lorashear",
+        periods=3,
+        data=[str(text_file), str(other)],
+        prune={"ratio": 0.1, "round_to": 16},
+    )
+    _, rep = recover(_wide(), tokenizer, cfg)
+    weights = [h["data_weights"] for h in rep["pruning_schedule"]]
+    assert len(weights) == 2 and all(abs(sum(w) - 1) < 1e-3 for w in weights)
+    assert rep["data_weights"] != [0.5, 0.5]
+
+
+def test_prune_block_needs_a_mode(text_file):
+    with pytest.raises(Exception, match="needs mode"):
+        _cfg(text_file, prune={"ratio": 0.2})
+    with pytest.raises(Exception, match="needs a `prune` block"):
+        _cfg(text_file, mode="loraprune")

@@ -33,13 +33,16 @@ def describe_groups(loaded, data: str | None, criterion: str) -> dict:
 
 def print_groups(g: dict) -> None:
     p = g["params_per_group"]
-    print(f"  prunable groups ({g['family']}): MLP channel = {p['mlp']:,} params, query head = {p['head']:,}, "
-          f"KV group = {p['kv']:,}; whole layers")
+    print(
+        f"  prunable groups ({g['family']}): MLP channel = {p['mlp']:,} params, query head = {p['head']:,}, "
+        f"KV group = {p['kv']:,}; whole layers"
+    )
     for row in g["layers"]:
         line = f"    layer {row['layer']:>2}: {row['mlp']} channels, {row['head']} heads, {row['kv']} KV groups"
         if "mlp_scores" in row:
             line += "; median score mlp {:.3g} head {:.3g} kv {:.3g}".format(
-                row["mlp_scores"]["median"], row["head_scores"]["median"], row["kv_scores"]["median"])
+                row["mlp_scores"]["median"], row["head_scores"]["median"], row["kv_scores"]["median"]
+            )
         if "layer_score" in row:
             line += f"; layer {row['layer_score']:.3g}"
         print(line)

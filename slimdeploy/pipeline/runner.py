@@ -73,6 +73,7 @@ def _stage_merge(state: State, stage, recipe: Recipe, progress) -> dict:
     probe = torch.arange(1, 65).remainder(state.loaded.model.config.vocab_size - 1)[None] + 1
     state.loaded.model, report = merge(state.peft, probe, atol=stage.atol)
     state.peft = None
+    state.pruned = state.pruned or report["sliced_to_params"] is not None
     state.recovered = True
     return report
 

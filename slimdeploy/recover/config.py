@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slimdeploy.prune.api import PruneConfig
+
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ALPACA_TEMPLATE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -33,16 +35,31 @@ class RecoverConfig(BaseModel):
     bf16: bool = Field(True, description="bf16 autocast on CPU (AMX); master weights stay fp32")
     kd_weight: float = Field(0.0, ge=0, le=1, description="0: LM loss only; 1: only KL to the unpruned teacher")
     kd_temperature: float = Field(1.0, gt=0)
-    data: str | None = Field(None, description=".txt/.jsonl/alpaca .json/hf:; default: demo train split")
+    data: str | list[str] | None = Field(
+        None, description=".txt/.jsonl/alpaca .json/hf: (a list mixes sources); default: demo train split"
+    )
     prompt_template: str = ALPACA_TEMPLATE
     eval_every: int = Field(0, ge=0, description="held-out loss every N steps (0: never)")
     ckpt_every: int = Field(50, ge=1)
     seed: int = 0
+    mode: Literal["oneshot", "loraprune", "lorashear"] = Field(
+        "oneshot",
+        description="oneshot: recover an already pruned model; loraprune: iterative masks from LoRA "
+        "gradients on a cubic schedule; lorashear: progressive periods with LoRA merged after each",
+    )
+    prune: PruneConfig | None = Field(None, description="what to remove while training (loraprune/lorashear)")
+    update_every: int = Field(10, ge=1, description="loraprune: steps between mask updates")
+    prune_fraction: float = Field(0.7, gt=0, le=1, description="loraprune: share of steps that prune")
+    periods: int = Field(3, ge=1, description="lorashear: number of progressive periods")
 
     @model_validator(mode="after")
     def _budget(self) -> RecoverConfig:
         if self.steps is None and self.tokens is None:
             raise ValueError("give steps or tokens")
+        if self.mode != "oneshot" and self.prune is None:
+            raise ValueError(f"mode {self.mode} needs a `prune` block (ratio, structures, ...)")
+        if self.mode == "oneshot" and self.prune is not None:
+            raise ValueError("a `prune` block needs mode loraprune or lorashear")
         return self
 
     @property

@@ -7,6 +7,7 @@ seen with LoRA on CPU, and makes every batch the same shape.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -67,3 +68,54 @@ def batch_at(step: int, micro: int, n_blocks: int, batch_size: int, grad_accum: 
     if len(idx) < batch_size:  # fewer blocks than a batch: wrap around
         idx = perm[torch.arange(pos * batch_size, (pos + 1) * batch_size) % n_blocks]
     return idx
+
+
+class DataMixture:
+    """One or more packed sources; with several, each micro-batch draws its source by `weights` (seeded by
+    the step, so runs stay reproducible). LoRAShear's dynamic data adaptor re-weights towards the sources
+    whose loss degraded most relative to the dense model."""
+
+    def __init__(self, sources: list, blocks: list[torch.Tensor], fingerprints: list[dict]):
+        self.sources, self.blocks, self.fingerprints = sources, blocks, fingerprints
+        self.weights = torch.full((len(blocks),), 1.0 / len(blocks), dtype=torch.float64)
+        self.dense_loss: list[float] | None = None
+
+    @classmethod
+    def build(cls, tokenizer, cfg) -> DataMixture:
+        sources = cfg.data if isinstance(cfg.data, list) else [cfg.data]
+        if not sources:
+            raise SlimdeployError("recover.data is an empty list; give at least one source")
+        blocks, fps = [], []
+        for src in sources:
+            docs, fp = recovery_docs(src, cfg.prompt_template)
+            blocks.append(pack_blocks(tokenizer, docs, cfg.seq_len))
+            fps.append(fp)
+        return cls(sources, blocks, fps)
+
+    def batch(self, step: int, micro: int, cfg) -> torch.Tensor:
+        s = 0
+        if len(self.blocks) > 1:
+            g = torch.Generator().manual_seed(cfg.seed * 104729 + step * cfg.grad_accum + micro)
+            s = int(torch.multinomial(self.weights, 1, generator=g))
+        b = self.blocks[s]
+        return b[batch_at(step, micro, len(b), cfg.batch_size, cfg.grad_accum, cfg.seed + s)]
+
+    @torch.no_grad()
+    def _losses(self, model, cfg) -> list[float]:
+        from slimdeploy.recover.train import step_loss
+
+        was = model.training
+        model.eval()
+        out = [step_loss(model, b[-min(4, len(b)) :], cfg).item() for b in self.blocks]
+        model.train(was)
+        return out
+
+    def measure_dense(self, model, cfg) -> None:
+        self.dense_loss = self._losses(model, cfg)
+
+    def adapt(self, model, cfg) -> list[float]:
+        """Weights proportional to exp(loss now - dense loss): the ratio of perplexities per source."""
+        now = self._losses(model, cfg)
+        ratio = torch.tensor([math.exp(n - d) for n, d in zip(now, self.dense_loss)], dtype=torch.float64)
+        self.weights = ratio / ratio.sum()
+        return [round(w, 4) for w in self.weights.tolist()]

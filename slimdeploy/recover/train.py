@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.recover.config import RecoverConfig
-from slimdeploy.recover.data import batch_at, pack_blocks, recovery_docs
+from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 
 
 def attach_lora(model, cfg: RecoverConfig):
@@ -46,6 +46,19 @@ def attach_lora(model, cfg: RecoverConfig):
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def _controller(model, cfg: RecoverConfig, total: int):
+    """The pruning-while-training controller of the mode (None for oneshot). Resume: oneshot only."""
+    if cfg.mode == "oneshot":
+        return None
+    from slimdeploy.analyze.adapters import family_of
+    from slimdeploy.recover.progressive import LoRAPruneIterative, LoRAShearProgressive
+
+    family_of(model)
+    if cfg.mode == "loraprune":
+        return LoRAPruneIterative(model, cfg.prune, total, cfg.update_every, cfg.prune_fraction)
+    return LoRAShearProgressive(model, cfg.prune, total, cfg.periods)
 
 
 def lr_at(step: int, cfg: RecoverConfig) -> float:
@@ -117,27 +130,33 @@ def recover(
     model, tokenizer, cfg: RecoverConfig, teacher=None, work_dir: Path | None = None, progress=None, on_step=None
 ) -> tuple[object, dict]:
     """Train LoRA adapters on `model`; returns (peft_model, report). Resumes from `work_dir` if it has a ckpt."""
-    docs, fp = recovery_docs(cfg.data, cfg.prompt_template)
-    blocks = pack_blocks(tokenizer, docs, cfg.seq_len)
+    mix = DataMixture.build(tokenizer, cfg)
+    fp = mix.fingerprints if len(mix.sources) > 1 else mix.fingerprints[0]
     held = None
     if cfg.eval_every:
-        held_docs, _ = recovery_docs(None if cfg.data is None else cfg.data, cfg.prompt_template, split="eval")
+        source = cfg.data if isinstance(cfg.data, str) or cfg.data is None else cfg.data[0]
+        held_docs, _ = recovery_docs(source, cfg.prompt_template, split="eval")
         held = pack_blocks(tokenizer, held_docs, cfg.seq_len)[-16:]
+    total = cfg.total_steps
+    ctl = _controller(model, cfg, total)
+    if ctl and len(mix.sources) > 1:
+        mix.measure_dense(model, cfg)
     peft_model = attach_lora(model, cfg)
     peft_model.train()
     opt = torch.optim.AdamW(_trainable(peft_model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
-    ckpt = Path(work_dir) / "recover_ckpt.pt" if work_dir else None
+    ckpt = Path(work_dir) / "recover_ckpt.pt" if work_dir and cfg.mode == "oneshot" else None
     if ckpt and ckpt.exists():
         start, history = _load_ckpt(ckpt, peft_model, opt)
-    total = cfg.total_steps
+    if ctl:
+        ctl.attach(peft_model)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            x = blocks[batch_at(step, micro, len(blocks), cfg.batch_size, cfg.grad_accum, cfg.seed)]
+            x = mix.batch(step, micro, cfg)
             loss = step_loss(peft_model, x, cfg, teacher) / cfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
@@ -145,8 +164,18 @@ def recover(
         if not math.isfinite(loss_sum):
             raise SlimdeployError(f"recovery diverged at step {step + 1} (loss {loss_sum}); lower lr")
         torch.nn.utils.clip_grad_norm_(_trainable(peft_model), 1.0)
+        if ctl:
+            ctl.after_backward(peft_model)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if ctl and ctl.after_step(peft_model, step + 1) == "merge":  # LoRAShear: fold in, start fresh adapters
+            ctl.masks.remove()
+            peft_model = attach_lora(peft_model.merge_and_unload(), cfg)
+            peft_model.train()
+            ctl.attach(peft_model)
+            opt = torch.optim.AdamW(_trainable(peft_model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            if len(mix.sources) > 1:  # LoRAShear's dynamic data adaptor
+                ctl.history[-1]["data_weights"] = mix.adapt(peft_model, cfg)
         entry = {"step": step + 1, "loss": round(loss_sum, 5)}
         if held is not None and (step + 1) % cfg.eval_every == 0:
             entry["heldout_loss"] = round(heldout_loss(peft_model, held, cfg), 5)
@@ -159,14 +188,20 @@ def recover(
         if ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == total):
             _save_ckpt(ckpt, peft_model, opt, step + 1, history)
     peft_model.eval()
+    if ctl:
+        ctl.finish(peft_model)
     report = {
         "steps": total,
         "tokens": total * cfg.tokens_per_step,
         "data": fp,
-        "blocks": len(blocks),
+        "blocks": sum(len(b) for b in mix.blocks),
+        "data_weights": [round(w, 4) for w in mix.weights.tolist()],
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "kd_weight": cfg.kd_weight,
         "seconds": round(time.perf_counter() - t0, 1),
+        "mode": cfg.mode,
     }
+    if ctl:
+        report["pruning_schedule"] = ctl.history
     return peft_model, report

@@ -80,7 +80,9 @@ def test_hub_id_offline_not_cached(capsys, monkeypatch, tmp_path, text_file):
 
 
 def test_debug_shows_traceback(capsys, tmp_path, text_file):
-    with pytest.raises(Exception):
+    from slimdeploy.errors import SlimdeployError
+
+    with pytest.raises(SlimdeployError):
         run_cli(["--debug", "eval", "--model", str(tmp_path), "--data", str(text_file)], capsys)
 
 

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import ids
+from pydantic import ValidationError
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.tiny import build_tiny_model
@@ -128,7 +129,7 @@ def test_multishot_surgeon_with_update():
     "bad", [{"ratio": 0}, {"ratio": 1.0}, {"ratio": -0.1}, {"criterion": "magic"}, {"structures": []}, {"bogus_key": 1}]
 )
 def test_bad_config_rejected(bad):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         PruneConfig(**bad)
 
 

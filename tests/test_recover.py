@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.tiny import build_tiny_model
@@ -78,9 +79,11 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, text_file):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     straight.mkdir()
     resumed.mkdir()
-    run = lambda work, kill: subprocess.run(
-        [sys.executable, str(script), str(work), str(text_file), str(kill)], capture_output=True, text=True
-    )
+
+    def run(work, kill):
+        args = [sys.executable, str(script), str(work), str(text_file), str(kill)]
+        return subprocess.run(args, capture_output=True, text=True)
+
     assert run(straight, -1).returncode == 0
     killed = run(resumed, 6)  # dies after step 6; last checkpoint at step 4
     assert killed.returncode == -9
@@ -96,7 +99,7 @@ def test_kill_9_then_resume_matches_uninterrupted(tmp_path, text_file):
 
 @pytest.mark.parametrize("bad", [{"steps": 0}, {"lr": 0}, {"lr": -1e-3}, {"rank": 0}, {"unknown": 1}])
 def test_bad_config(bad, text_file):
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         _cfg(text_file, **bad)
 
 

@@ -5,7 +5,8 @@ llama-style models are trained), with "eos" documents are joined by EOS, with "n
 Text files are one document unless doc_split is "blank-line" (paragraphs become documents). Windows of
 `context_length` tokens start every `stride` tokens; each target token is scored exactly once, in the first
 window that contains it with at least one token of context: windows start every `stride` tokens, but never
-later than one token before the previous window's end (so stride == context still scores every token). The first token is never scored.
+later than one token before the previous window's end (so stride == context still scores every token).
+The first token is never scored.
 """
 
 from __future__ import annotations

@@ -197,9 +197,27 @@ def compress_cmd(
     )
 
 
-def export_cmd() -> None:
-    """Export a model for vLLM, ONNX or onnxruntime-genai, verified by loading it."""
-    not_yet("export", "issue 6 (exporters)")
+def export_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="A model directory (e.g. the output of compress).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="vllm | onnx | ort-genai")] = "vllm",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
+    tp_size: Annotated[int, typer.Option(help="Report tensor-parallel readiness for this size.")] = 1,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip loading the export in its runtime.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
+) -> None:
+    """Export a model for vLLM (ONNX and onnxruntime-genai land with issue 6), verified by loading it."""
+    if format in ("onnx", "ort-genai"):
+        not_yet(f"export --format {format}", "issue 6 (ONNX exporters)")
+    if format != "vllm":
+        raise SlimdeployError(f"unknown export format {format!r}; choose vllm, onnx or ort-genai")
+    from slimdeploy.export.vllm import export_vllm
+
+    out = out or model_dir.parent / f"{model_dir.name}-vllm"
+    report = export_vllm(model_dir, out, tp_size, verify=not no_verify, force=force)
+    v = report.get("verification")
+    emit(report, lambda r: print(f"vLLM checkpoint written to {out}" + (
+        f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
+        f"x {v['tokens_per_prompt']} tokens (fp32)" if v else "; not verified")))
 
 
 def bench_cmd() -> None:

@@ -1,0 +1,75 @@
+"""vLLM export: refuses what it cannot represent before writing; a pruned model served by vLLM (CPU, fp32)
+gives the same greedy tokens as transformers for 4 prompts x 16 tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.vllm import export_vllm, tp_readiness
+from slimdeploy.load.tiny import build_tiny_model
+from slimdeploy.prune.api import PruneConfig, prune
+from slimdeploy.prune.io import save_model
+from slimdeploy.serve.vllm_runner import vllm_available
+
+
+def _pruned_dir(tmp_path, tokenizer, allocation="uniform"):
+    model = build_tiny_model("llama", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                             intermediate_size=1024, num_hidden_layers=2, max_position_embeddings=512)
+    criterion = "random" if allocation == "global" else "l2"  # random scores make the layers differ
+    prune(model, PruneConfig(ratio=0.2, criterion=criterion, round_to=64, allocation=allocation,
+                             structures=["mlp", "head", "kv"]), None)
+    path = tmp_path / f"pruned-{allocation}"
+    path.mkdir()
+    save_model(model, tokenizer, path)
+    return path
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed (pip install 'slimdeploy[cpu]')")
+def test_pruned_model_served_by_vllm_matches_transformers(tmp_path, tokenizer):
+    src = _pruned_dir(tmp_path, tokenizer)
+    report = export_vllm(src, tmp_path / "out")
+    v = report["verification"]
+    assert v["identical"] == v["prompts"] == 4 and v["tokens_per_prompt"] == 16
+    saved = json.loads((tmp_path / "out" / "export_report.json").read_text())
+    assert saved["verification"]["identical"] == 4
+    assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_per_layer_widths_refused_before_writing(tmp_path, tokenizer):
+    src = _pruned_dir(tmp_path, tokenizer, allocation="global")
+    cfg = json.loads((src / "config.json").read_text())
+    if "slimdeploy_layer_widths" not in cfg:
+        pytest.skip("global allocation happened to give uniform widths")
+    with pytest.raises(SlimdeployError, match="per-layer widths"):
+        export_vllm(src, tmp_path / "out", verify=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_architecture_and_existing_output(tmp_path, tokenizer):
+    src = _pruned_dir(tmp_path, tokenizer)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SlimdeployError, match="already exists"):
+        export_vllm(src, tmp_path / "taken", verify=False)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["GPT2LMHeadModel"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SlimdeployError, match="unsupported architecture"):
+        export_vllm(src, tmp_path / "out", verify=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_model_dir(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(SlimdeployError, match="not valid JSON"):
+        export_vllm(tmp_path / "bad", tmp_path / "out", verify=False)
+
+
+def test_tp_readiness():
+    ok = tp_readiness({"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512}, 2)
+    bad = tp_readiness({"num_attention_heads": 3, "num_key_value_heads": 3, "intermediate_size": 500}, 2)
+    assert ok["ok"] and not bad["ok"]

@@ -111,3 +111,22 @@ def test_eval_json_and_inspect(capsys, tiny_dir, text_file):
     r = json.loads(out)
     assert code == 0 and r["attention"]["kv_heads"] == 2 and r["groups"]["layers"][0]["mlp"] == 128
     assert sum(r["by_component"].values()) == r["parameters"]
+
+
+def test_hub_id_served_from_local_cache(tmp_path, tiny_dir, text_file):
+    """A hub id resolves from the Hugging Face cache layout with the hub unreachable (offline)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snap = tmp_path / "hf" / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_dir, snap)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0123abcd")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "slimdeploy", "--json", "eval", "--model", "acme/tiny-llama",
+                           "--data", str(text_file), "--context-length", "32", "--max-tokens", "64"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert '"tokens_scored": 63' in proc.stdout

@@ -33,13 +33,15 @@ def main() -> int:
     ap.add_argument("--criteria", default=",".join(CRITERIA))
     ap.add_argument("--allocations", default="uniform,global")
     ap.add_argument("--eval-tokens", type=int, default=60000)
+    ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     shared = Path(args.shared)
     model_dir, text = shared / "models/stories260K", shared / "text/tinystories-valid-dev.txt"
     if not model_dir.exists():
         print(f"skipped: {model_dir} not found (pass --shared)")
         return 0
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_model(str(model_dir), "fp32")
     content = text.read_text()
     half = len(content) // 2

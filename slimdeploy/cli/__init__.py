@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from slimdeploy import __version__
-from slimdeploy.cli import commands, recipes_cmd, zoo_cmd
+from slimdeploy.cli import bench_cmd, commands, recipes_cmd, zoo_cmd
 from slimdeploy.cli.common import FLAGS
 from slimdeploy.errors import SlimdeployError
 
@@ -48,6 +48,7 @@ def _global(
 
 commands.register(app)
 app.add_typer(recipes_cmd.app, name="recipes")
+app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(zoo_cmd.app, name="zoo")
 
 

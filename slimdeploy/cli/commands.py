@@ -220,15 +220,9 @@ def export_cmd(
         f"x {v['tokens_per_prompt']} tokens (fp32)" if v else "; not verified")))
 
 
-def bench_cmd() -> None:
-    """Latency, memory and throughput against the unpruned baseline."""
-    not_yet("bench", "issue 7 (serving harness)")
-
-
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("inspect")(inspect_cmd)
     app.command("prune")(prune_cmd)
     app.command("compress")(compress_cmd)
     app.command("export")(export_cmd)
-    app.command("bench")(bench_cmd)

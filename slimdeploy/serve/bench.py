@@ -1,0 +1,137 @@
+"""bench(): baseline vs candidate, interleaved in one invocation, on the PyTorch backend (transformers
+generate loop with KV cache). vLLM and onnxruntime backends land with the rest of issue 7.
+
+Every repeat runs baseline then candidate at each concurrency, so drift of the machine hits both alike.
+Peak RSS of the whole process tree is sampled by a thread during the runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+import torch
+
+from slimdeploy.serve.metrics import kv_bytes_per_token, ratio_block, spread, summarize_run
+
+
+@dataclass
+class BenchConfig:
+    input_len: int = 64
+    output_len: int = 32
+    concurrency: list[int] = field(default_factory=lambda: [1, 4])
+    repeats: int = 3
+    warmup: int = 1
+    dtype: str = "fp32"
+    seed: int = 0
+
+
+class RssSampler:
+    """Peak resident memory of this process and its children, sampled every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                total = 0
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def request_set(vocab_size: int, n: int, input_len: int, seed: int) -> torch.Tensor:
+    """The fixed prompts every model and backend gets: (n, input_len) token ids, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab_size, (n, input_len), generator=g)
+
+
+@torch.no_grad()
+def torch_generate_timed(model, prompts: torch.Tensor, output_len: int) -> tuple[list[list[float]], float]:
+    """Greedy decode with a KV cache, EOS ignored; returns per-request token timestamps and the start time."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    start = time.perf_counter()
+    out = model(input_ids=prompts, past_key_values=cache, use_cache=True)
+    times = [[time.perf_counter()] for _ in range(len(prompts))]
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(output_len - 1):
+        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        now = time.perf_counter()
+        for t in times:
+            t.append(now)
+    return times, start
+
+
+def model_facts(model, dtype_bytes: int) -> dict:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return {"params": n, "weight_bytes": n * dtype_bytes, "kv_bytes_per_token": kv_bytes_per_token(model.config,
+                                                                                                     dtype_bytes)}
+
+
+def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
+    """`models`: name -> loaded model (first = baseline). Returns the report dict (schema: bench.json)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
+    nbytes = torch.finfo(dtype).bits // 8
+    for m in models.values():
+        m.to(dtype).eval()
+    names = list(models)
+    vocab = min(m.config.vocab_size for m in models.values())
+    results: dict = {n: {c: [] for c in cfg.concurrency} for n in names}
+    total = (cfg.warmup + cfg.repeats) * len(cfg.concurrency) * len(names)
+    done = 0
+    with RssSampler() as rss:
+        for rep in range(cfg.warmup + cfg.repeats):
+            for c in cfg.concurrency:
+                prompts = request_set(vocab, c, cfg.input_len, cfg.seed + c)
+                for name in names:  # interleaved: baseline, candidate, baseline, ...
+                    times, start = torch_generate_timed(models[name], prompts, cfg.output_len)
+                    if rep >= cfg.warmup:
+                        results[name][c].append(summarize_run(times, start, cfg.input_len))
+                    done += 1
+                    if progress:
+                        progress(done, total)
+    report = {"backend": "torch", "config": cfg.__dict__, "peak_rss_bytes": rss.peak, "models": {}}
+    for name in names:
+        per_c = {}
+        for c, runs in results[name].items():
+            med = {k: spread([r[k] for r in runs]) for k in ("output_tok_s", "requests_s", "prefill_tok_s")}
+            lat = {k: {q: spread([r[k][q] for r in runs]) for q in ("p50", "p90", "p99")}
+                   for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s")}
+            per_c[str(c)] = {**med, **lat, "runs": runs}
+        report["models"][name] = {**model_facts(models[name], nbytes), "concurrency": per_c}
+    base = report["models"][names[0]]
+    for name in names[1:]:
+        cand = report["models"][name]
+        ideal = base["weight_bytes"] / cand["weight_bytes"]
+        cand["vs_baseline"] = {
+            c: ratio_block(_median_run(base["concurrency"][c]), _median_run(cand["concurrency"][c]), ideal)
+            for c in cand["concurrency"]}
+        cand["vs_baseline"]["weight_memory_saved"] = 1 - cand["weight_bytes"] / base["weight_bytes"]
+    return report
+
+
+def _median_run(per_c: dict) -> dict:
+    """A pseudo-run holding the medians over repeats, in summarize_run's shape."""
+    return {"tpot_s": {"p50": per_c["tpot_s"]["p50"]["median"]}, "ttft_s": {"p50": per_c["ttft_s"]["p50"]["median"]},
+            "output_tok_s": per_c["output_tok_s"]["median"]}

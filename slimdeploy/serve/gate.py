@@ -1,0 +1,44 @@
+"""The regression gate: a fresh bench report against a saved one (or two models measured live).
+
+Noise handling: only medians over repeats are compared (min/max are reported, not gated); a model fails when
+its median decode throughput falls below (1 - max_slowdown) x the reference's at any concurrency, or its
+median TPOT rises above (1 + max_slowdown) x. Reports must share backend, lengths and concurrency levels,
+otherwise the comparison is refused: numbers from different setups are not comparable.
+"""
+
+from __future__ import annotations
+
+from slimdeploy.errors import SlimdeployError
+
+
+def parse_fraction(text: str) -> float:
+    t = text.strip()
+    value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    if not 0 <= value < 1:
+        raise SlimdeployError(f"threshold {text!r} must be between 0% and 100%")
+    return value
+
+
+def check(report: dict, reference: dict, max_slowdown: float, model: str | None = None) -> list[str]:
+    """Violations (empty = pass). `model` picks the report's model to gate (default: the last, the candidate)."""
+    for key in ("backend",):
+        if report.get(key) != reference.get(key):
+            raise SlimdeployError(f"reports differ in {key}: {report.get(key)} vs {reference.get(key)}")
+    for key in ("input_len", "output_len"):
+        if report["config"][key] != reference["config"][key]:
+            raise SlimdeployError(f"reports differ in {key}; re-run the reference with the same settings")
+    name = model or list(report["models"])[-1]
+    ref_name = model if model in reference["models"] else list(reference["models"])[-1]
+    got, ref = report["models"][name]["concurrency"], reference["models"][ref_name]["concurrency"]
+    problems = []
+    for c, r in ref.items():
+        if c not in got:
+            raise SlimdeployError(f"concurrency {c} is in the reference but not in the report")
+        tput, tput_ref = got[c]["output_tok_s"]["median"], r["output_tok_s"]["median"]
+        if tput < (1 - max_slowdown) * tput_ref:
+            problems.append(f"concurrency {c}: output {tput:.1f} tok/s < {(1 - max_slowdown):.0%} of {tput_ref:.1f}")
+        tpot, tpot_ref = got[c]["tpot_s"]["p50"]["median"], r["tpot_s"]["p50"]["median"]
+        if tpot > (1 + max_slowdown) * tpot_ref:
+            problems.append(f"concurrency {c}: TPOT {tpot * 1e3:.2f} ms > {1 + max_slowdown:.0%} of "
+                            f"{tpot_ref * 1e3:.2f} ms")
+    return problems

@@ -114,7 +114,7 @@ def prune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written whole or not at all).")],
     model: ModelOpt = None,
     ratio: Annotated[float, typer.Option(help="Fraction of all parameters to remove, in (0, 1).")] = 0.2,
-    criterion: Annotated[str, typer.Option(help="random|l1|l2|wanda|flap|taylor|loraprune|surgeon")] = "wanda",
+    criterion: Annotated[str, typer.Option(help="random|l1|l2|wanda|flap|taylor|loraprune|surgeon")] = "surgeon",
     allocation: Annotated[str, typer.Option(help="uniform (same widths everywhere) | global (per layer)")] = "uniform",
     structures: Annotated[str, typer.Option(help="Comma list of mlp,head,kv,layer.")] = "mlp,head",
     round_to: Annotated[int, typer.Option(help="Kept MLP widths are multiples of this.")] = 64,

@@ -12,7 +12,7 @@ from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout,
 from slimdeploy.analyze.groups import layer_params
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.prune.apply import apply_plan, record_of
-from slimdeploy.prune.plan import Budget, PrunePlan, make_plan
+from slimdeploy.prune.plan import Budget, PrunePlan, make_plan, standardize_per_layer
 from slimdeploy.score import surgeon
 from slimdeploy.score.api import CRITERIA, score
 
@@ -25,7 +25,7 @@ class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of all parameters removed")
-    criterion: str = Field("wanda", description=f"one of {', '.join(CRITERIA)}")
+    criterion: str = Field("surgeon", description=f"one of {', '.join(CRITERIA)}")
     allocation: Literal["uniform", "global"] = "uniform"
     structures: list[Structure] = Field(default_factory=lambda: ["mlp", "head"])
     round_to: int = Field(64, ge=1, description="kept MLP widths are multiples of this")
@@ -126,8 +126,11 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
         scores = score(
             model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds, progress=progress
         )
+        per_layer = scores.per_layer
+        if config.allocation == "global" and config.criterion in ("l1", "l2", "wanda", "flap"):
+            per_layer = standardize_per_layer(per_layer)
         plan = make_plan(
-            scores.per_layer,
+            per_layer,
             budget,
             ratio_now,
             kinds,

@@ -195,6 +195,13 @@ def make_plan(
     return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=_predicted(b, plans, live))
 
 
+def standardize_per_layer(scores: list[dict]) -> list[dict]:
+    """Divide every layer's scores (per kind) by their mean: for criteria whose scale drifts with depth
+    (magnitude, activation norms), so a global ranking compares relative importance within each layer, as
+    FLAP standardizes its scores. Loss-calibrated criteria (taylor, loraprune, surgeon) are ranked raw."""
+    return [{k: v / v.abs().mean().clamp_min(1e-30) for k, v in layer.items()} for layer in scores]
+
+
 def _global_counts(scores, b: Budget, editable: list[int], m: int, k: int, round_to: int, kinds: set[str]):
     """Spread the uniform solution's totals across layers by ranking groups of all editable layers together."""
     mlp_counts = {i: b.layouts[i].intermediate for i in editable}

@@ -205,17 +205,22 @@ def export_cmd(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip loading the export in its runtime.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
-    """Export a model for vLLM (ONNX and onnxruntime-genai land with issue 6), verified by loading it."""
-    if format in ("onnx", "ort-genai"):
-        not_yet(f"export --format {format}", "issue 6 (ONNX exporters)")
-    if format != "vllm":
+    """Export for vLLM or onnxruntime-genai (plain ONNX lands with issue 6), verified by loading it."""
+    if format == "onnx":
+        not_yet("export --format onnx", "issue 6 (ONNX exporters)")
+    if format not in ("vllm", "ort-genai"):
         raise SlimdeployError(f"unknown export format {format!r}; choose vllm, onnx or ort-genai")
-    from slimdeploy.export.vllm import export_vllm
+    out = out or model_dir.parent / f"{model_dir.name}-{format}"
+    if format == "vllm":
+        from slimdeploy.export.vllm import export_vllm
 
-    out = out or model_dir.parent / f"{model_dir.name}-vllm"
-    report = export_vllm(model_dir, out, tp_size, verify=not no_verify, force=force)
+        report = export_vllm(model_dir, out, tp_size, verify=not no_verify, force=force)
+    else:
+        from slimdeploy.export.ort_genai import export_ort_genai
+
+        report = export_ort_genai(model_dir, out, verify=not no_verify, force=force, tp_size=tp_size)
     v = report.get("verification")
-    emit(report, lambda r: print(f"vLLM checkpoint written to {out}" + (
+    emit(report, lambda r: print(f"{format} export written to {out}" + (
         f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
         f"x {v['tokens_per_prompt']} tokens (fp32)" if v else "; not verified")))
 

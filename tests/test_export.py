@@ -74,3 +74,15 @@ def test_tp_readiness():
     ok = tp_readiness({"num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512}, 2)
     bad = tp_readiness({"num_attention_heads": 3, "num_key_value_heads": 3, "intermediate_size": 500}, 2)
     assert ok["ok"] and not bad["ok"]
+
+
+def test_pruned_model_as_onnxruntime_genai_package(tmp_path, tokenizer):
+    pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai not installed (pip install 'slimdeploy[cpu]')")
+    from slimdeploy.export.ort_genai import export_ort_genai
+
+    src = _pruned_dir(tmp_path, tokenizer)
+    report = export_ort_genai(src, tmp_path / "og")
+    v = report["verification"]
+    assert v["identical"] == v["prompts"] == 4
+    assert (tmp_path / "og" / "genai_config.json").exists() and (tmp_path / "og" / "model.onnx").exists()
+    assert not (tmp_path / "og" / ".builder-cache").exists()

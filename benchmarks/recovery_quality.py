@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-
-
 from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity
 from slimdeploy.load.data import calibration_batches, token_stream
 from slimdeploy.load.model import load_model
@@ -67,22 +65,40 @@ def main() -> int:
         for variant in args.variants.split(","):
             model = copy.deepcopy(base.model)
             t0 = time.time()
-            common = dict(data=str(train_file), tokens=args.tokens, batch_size=8, seq_len=256, lr=2e-3, rank=16,
-                          kd_weight=0.0 if variant == "oneshot-lm" else 0.5, warmup=20)
+            common = dict(
+                data=str(train_file),
+                tokens=args.tokens,
+                batch_size=8,
+                seq_len=256,
+                lr=2e-3,
+                rank=16,
+                kd_weight=0.0 if variant == "oneshot-lm" else 0.5,
+                warmup=20,
+            )
             pruned_ppl = None
             if variant.startswith("oneshot"):
                 prune(model, pcfg, calib)
                 pruned_ppl = perplexity(model, evals, proto)["ppl"]
                 cfg = RecoverConfig(**common)
             else:
-                cfg = RecoverConfig(**common, mode=variant, update_every=10, periods=3,
-                                    prune={"ratio": ratio, "round_to": 4, "structures": ["mlp", "head", "kv"]})
+                cfg = RecoverConfig(
+                    **common,
+                    mode=variant,
+                    update_every=10,
+                    periods=3,
+                    prune={"ratio": ratio, "round_to": 4, "structures": ["mlp", "head", "kv"]},
+                )
             peft_model, rep = recover(model, base.tokenizer, cfg, teacher=base.model)
             merged, _ = merge(peft_model, evals[:128][None])
-            row = {"variant": variant, "ratio": ratio, "pruned_ppl": pruned_ppl,
-                   "recovered_ppl": perplexity(merged, evals, proto)["ppl"],
-                   "kept": sum(p.numel() for p in merged.parameters()) / p0, "tokens": rep["tokens"],
-                   "seconds": round(time.time() - t0, 1)}
+            row = {
+                "variant": variant,
+                "ratio": ratio,
+                "pruned_ppl": pruned_ppl,
+                "recovered_ppl": perplexity(merged, evals, proto)["ppl"],
+                "kept": sum(p.numel() for p in merged.parameters()) / p0,
+                "tokens": rep["tokens"],
+                "seconds": round(time.time() - t0, 1),
+            }
             row["x_dense"] = row["recovered_ppl"] / dense
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 
-
-
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's rotary layout for q/k rows (its converter does this; transformers undoes it)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -57,4 +55,3 @@ def write_llama_gguf(model, tokenizer, path, pad_token_id: int = 0xFFFFFFFF) -> 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-

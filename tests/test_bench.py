@@ -40,14 +40,39 @@ def bench_report(tmp_path, capsys):
     from slimdeploy.load.tiny import build_tiny_model
     from slimdeploy.prune.api import PruneConfig, prune
 
-    base = build_tiny_model("llama", hidden_size=128, num_attention_heads=4, head_dim=32, intermediate_size=256,
-                            num_hidden_layers=2, vocab_size=512)
+    base = build_tiny_model(
+        "llama",
+        hidden_size=128,
+        num_attention_heads=4,
+        head_dim=32,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        vocab_size=512,
+    )
     base.save_pretrained(tmp_path / "base")
     prune(base, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
     base.save_pretrained(tmp_path / "cand")
-    code, out, err = run_cli(["--json", "bench", "run", str(tmp_path / "cand"), "--baseline", str(tmp_path / "base"),
-                              "--input-len", "8", "--output-len", "4", "--concurrency", "1,2", "--repeats", "2",
-                              "--out", str(tmp_path / "b")], capsys)
+    code, out, err = run_cli(
+        [
+            "--json",
+            "bench",
+            "run",
+            str(tmp_path / "cand"),
+            "--baseline",
+            str(tmp_path / "base"),
+            "--input-len",
+            "8",
+            "--output-len",
+            "4",
+            "--concurrency",
+            "1,2",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     return tmp_path / "b" / "bench.json"
 
@@ -70,8 +95,9 @@ def test_gate_passes_itself_and_fails_a_slowdown(bench_report, capsys):
     assert len(check(slow, ref, 0.05)) == 2 and check(slow, ref, 0.15) == []
     path = bench_report.parent / "slow.json"
     path.write_text(json.dumps(slow))
-    code, out, _ = run_cli(["bench", "check", str(path), "--against", str(bench_report), "--max-slowdown", "5%"],
-                           capsys)
+    code, out, _ = run_cli(
+        ["bench", "check", str(path), "--against", str(bench_report), "--max-slowdown", "5%"], capsys
+    )
     assert code == 1 and "FAIL" in out
     code, out, _ = run_cli(["bench", "check", str(bench_report), "--against", str(bench_report)], capsys)
     assert code == 0 and "pass" in out
@@ -88,6 +114,7 @@ def test_gate_refuses_incomparable_reports(bench_report):
 
 
 def test_missing_report(capsys, tmp_path):
-    code, _, err = run_cli(["bench", "check", str(tmp_path / "no.json"), "--against", str(tmp_path / "no.json")],
-                           capsys)
+    code, _, err = run_cli(
+        ["bench", "check", str(tmp_path / "no.json"), "--against", str(tmp_path / "no.json")], capsys
+    )
     assert code == 1 and "does not exist" in err

@@ -125,8 +125,26 @@ def test_hub_id_served_from_local_cache(tmp_path, tiny_dir, text_file):
     (snap.parents[1] / "refs").mkdir()
     (snap.parents[1] / "refs" / "main").write_text("0123abcd")
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "slimdeploy", "--json", "eval", "--model", "acme/tiny-llama",
-                           "--data", str(text_file), "--context-length", "32", "--max-tokens", "64"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slimdeploy",
+            "--json",
+            "eval",
+            "--model",
+            "acme/tiny-llama",
+            "--data",
+            str(text_file),
+            "--context-length",
+            "32",
+            "--max-tokens",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"tokens_scored": 63' in proc.stdout

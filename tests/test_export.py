@@ -16,12 +16,28 @@ from slimdeploy.serve.vllm_runner import vllm_available
 
 
 def _pruned_dir(tmp_path, tokenizer, allocation="uniform"):
-    model = build_tiny_model("llama", hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                             intermediate_size=1024, num_hidden_layers=2, max_position_embeddings=512)
+    model = build_tiny_model(
+        "llama",
+        hidden_size=256,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        max_position_embeddings=512,
+    )
     criterion = "random" if allocation == "global" else "l2"  # random scores make the layers differ
-    prune(model, PruneConfig(ratio=0.2, criterion=criterion, round_to=64 if allocation == "uniform" else 8,
-                             allocation=allocation,
-                             structures=["mlp", "head", "kv"]), None)
+    prune(
+        model,
+        PruneConfig(
+            ratio=0.2,
+            criterion=criterion,
+            round_to=64 if allocation == "uniform" else 8,
+            allocation=allocation,
+            structures=["mlp", "head", "kv"],
+        ),
+        None,
+    )
     path = tmp_path / f"pruned-{allocation}"
     path.mkdir()
     save_model(model, tokenizer, path)

@@ -37,8 +37,10 @@ def test_gguf_with_invalid_special_id_loads_and_matches(gguf_file):
 
 def test_gguf_eval_from_cli(gguf_file, capsys, text_file):
     _, path = gguf_file
-    code, out, err = run_cli(["eval", "--model", str(path), "--data", str(text_file), "--context-length", "32",
-                              "--max-tokens", "100"], capsys)
+    code, out, err = run_cli(
+        ["eval", "--model", str(path), "--data", str(text_file), "--context-length", "32", "--max-tokens", "100"],
+        capsys,
+    )
     assert code == 0, err and "ppl" in out
 
 

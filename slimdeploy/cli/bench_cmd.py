@@ -11,8 +11,7 @@ import typer
 from slimdeploy.cli.common import emit, not_yet, progress_bar
 from slimdeploy.errors import SlimdeployError
 
-app = typer.Typer(help="Latency, memory and throughput against the baseline; a regression gate.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Latency, memory and throughput against the baseline; a regression gate.", no_args_is_help=True)
 
 
 @app.command("run")
@@ -37,8 +36,10 @@ def run_cmd(
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         raise SlimdeployError(f"--concurrency {concurrency!r}: give positive integers, e.g. 1,4")
-    models = {"baseline": load_model(baseline, "fp32", with_tokenizer=False).model,
-              "candidate": load_model(candidate, "fp32", with_tokenizer=False).model}
+    models = {
+        "baseline": load_model(baseline, "fp32", with_tokenizer=False).model,
+        "candidate": load_model(candidate, "fp32", with_tokenizer=False).model,
+    }
     cfg = BenchConfig(input_len=input_len, output_len=output_len, concurrency=levels, repeats=repeats, dtype=dtype)
     with progress_bar("benchmark") as update:
         report = bench_torch(models, cfg, update)
@@ -50,8 +51,10 @@ def run_cmd(
             if c == "weight_memory_saved":
                 print(f"weight memory saved: {v:.1%}")
             else:
-                print(f"concurrency {c}: decode speedup {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x, "
-                      f"{v['fraction_of_ideal']:.0%} of ideal), throughput {v['throughput_speedup']:.2f}x")
+                print(
+                    f"concurrency {c}: decode speedup {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x, "
+                    f"{v['fraction_of_ideal']:.0%} of ideal), throughput {v['throughput_speedup']:.2f}x"
+                )
         print(f"written to {out}/bench.json and bench.md")
 
     emit(report, human)
@@ -70,7 +73,9 @@ def check_cmd(
         if not p.exists():
             raise SlimdeployError(f"bench report {p} does not exist; produce it with `slimdeploy bench run`")
     problems = check(json.loads(report.read_text()), json.loads(against.read_text()), parse_fraction(max_slowdown))
-    emit({"pass": not problems, "problems": problems},
-         lambda r: print("bench check: pass" if r["pass"] else "bench check: FAIL\n  " + "\n  ".join(problems)))
+    emit(
+        {"pass": not problems, "problems": problems},
+        lambda r: print("bench check: pass" if r["pass"] else "bench check: FAIL\n  " + "\n  ".join(problems)),
+    )
     if problems:
         raise typer.Exit(1)

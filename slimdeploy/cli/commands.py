@@ -220,9 +220,18 @@ def export_cmd(
 
         report = export_ort_genai(model_dir, out, verify=not no_verify, force=force, tp_size=tp_size)
     v = report.get("verification")
-    emit(report, lambda r: print(f"{format} export written to {out}" + (
-        f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
-        f"x {v['tokens_per_prompt']} tokens (fp32)" if v else "; not verified")))
+    emit(
+        report,
+        lambda r: print(
+            f"{format} export written to {out}"
+            + (
+                f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
+                f"x {v['tokens_per_prompt']} tokens (fp32)"
+                if v
+                else "; not verified"
+            )
+        ),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -35,8 +35,15 @@ def ort_genai_greedy(package: Path, prompts: list[list[int]], max_tokens: int) -
     return outs
 
 
-def export_ort_genai(model_dir: Path, out: Path, precision: str = "fp32", verify: bool = True, force: bool = False,
-                     n_tokens: int = 16, tp_size: int = 1) -> dict:
+def export_ort_genai(
+    model_dir: Path,
+    out: Path,
+    precision: str = "fp32",
+    verify: bool = True,
+    force: bool = False,
+    n_tokens: int = 16,
+    tp_size: int = 1,
+) -> dict:
     from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
     from slimdeploy.load.model import load_model
 
@@ -45,11 +52,28 @@ def export_ort_genai(model_dir: Path, out: Path, precision: str = "fp32", verify
     if precision not in ("fp32", "int4"):
         raise SlimdeployError(f"precision {precision!r}: the CPU builder supports fp32 and int4")
     loaded = load_model(str(model_dir), "fp32")
-    report: dict = {"format": "ort-genai", "source": str(model_dir), "precision": precision,
-                    "tensor_parallel": tp_readiness(config, tp_size)}
+    report: dict = {
+        "format": "ort-genai",
+        "source": str(model_dir),
+        "precision": precision,
+        "tensor_parallel": tp_readiness(config, tp_size),
+    }
     with atomic_dir(out, force) as tmp:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(tmp),
-               "-p", precision, "-e", "cpu", "-c", str(tmp / ".builder-cache")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(model_dir),
+            "-o",
+            str(tmp),
+            "-p",
+            precision,
+            "-e",
+            "cpu",
+            "-c",
+            str(tmp / ".builder-cache"),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not (tmp / "genai_config.json").exists():
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-2:]
@@ -63,12 +87,17 @@ def export_ort_genai(model_dir: Path, out: Path, precision: str = "fp32", verify
             prompts = default_prompts(loaded.tokenizer)
             t0 = time.perf_counter()
             got = ort_genai_greedy(tmp, prompts, n_tokens)
-            result = {"runtime": "onnxruntime-genai", "dtype": precision,
-                      **compare_tokens(hf_greedy(loaded.model, prompts, n_tokens), got),
-                      "seconds": round(time.perf_counter() - t0, 1)}
+            result = {
+                "runtime": "onnxruntime-genai",
+                "dtype": precision,
+                **compare_tokens(hf_greedy(loaded.model, prompts, n_tokens), got),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             if precision == "fp32" and result["identical"] < result["prompts"]:
-                raise SlimdeployError(f"onnxruntime-genai greedy tokens differ from transformers': common prefixes "
-                                      f"{result['common_prefix']} of {n_tokens}; export not written")
+                raise SlimdeployError(
+                    f"onnxruntime-genai greedy tokens differ from transformers': common prefixes "
+                    f"{result['common_prefix']} of {n_tokens}; export not written"
+                )
             report["verification"] = result
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
     return report

@@ -10,9 +10,16 @@ def hf_greedy(model, prompts: list[list[int]], max_tokens: int) -> list[list[int
     out = []
     for p in prompts:
         ids = torch.tensor([p])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                             min_new_tokens=max_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
-        out.append(gen[0, len(p):].tolist())
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            min_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        out.append(gen[0, len(p) :].tolist())
     return out
 
 
@@ -25,11 +32,19 @@ def compare_tokens(reference: list[list[int]], candidate: list[list[int]]) -> di
             n += 1
         prefixes.append(n)
     full = sum(1 for p, a in zip(prefixes, reference, strict=True) if p == len(a))
-    return {"prompts": len(reference), "identical": full, "common_prefix": prefixes,
-            "tokens_per_prompt": len(reference[0]) if reference else 0}
+    return {
+        "prompts": len(reference),
+        "identical": full,
+        "common_prefix": prefixes,
+        "tokens_per_prompt": len(reference[0]) if reference else 0,
+    }
 
 
 def default_prompts(tokenizer) -> list[list[int]]:
-    texts = ["def fibonacci(n):\n", "import os\nimport sys\n\n", "class Stack:\n    def __init__(self):\n",
-             "    for i in range(10):\n"]
+    texts = [
+        "def fibonacci(n):\n",
+        "import os\nimport sys\n\n",
+        "class Stack:\n    def __init__(self):\n",
+        "    for i in range(10):\n",
+    ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]

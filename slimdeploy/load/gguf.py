@@ -13,8 +13,17 @@ from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 
-SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "sep_token_id",
-                "cls_token_id", "mask_token_id", "eot_token_id", "eom_token_id")
+SPECIAL_KEYS = (
+    "bos_token_id",
+    "eos_token_id",
+    "unknown_token_id",
+    "padding_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "mask_token_id",
+    "eot_token_id",
+    "eom_token_id",
+)
 
 
 def sanitize_metadata(metadata: dict) -> list[str]:

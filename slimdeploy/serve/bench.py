@@ -85,8 +85,11 @@ def model_facts(model, dtype_bytes: int) -> dict:
         if id(p) not in seen:
             seen.add(id(p))
             n += p.numel()
-    return {"params": n, "weight_bytes": n * dtype_bytes, "kv_bytes_per_token": kv_bytes_per_token(model.config,
-                                                                                                     dtype_bytes)}
+    return {
+        "params": n,
+        "weight_bytes": n * dtype_bytes,
+        "kv_bytes_per_token": kv_bytes_per_token(model.config, dtype_bytes),
+    }
 
 
 def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
@@ -116,8 +119,10 @@ def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
         per_c = {}
         for c, runs in results[name].items():
             med = {k: spread([r[k] for r in runs]) for k in ("output_tok_s", "requests_s", "prefill_tok_s")}
-            lat = {k: {q: spread([r[k][q] for r in runs]) for q in ("p50", "p90", "p99")}
-                   for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s")}
+            lat = {
+                k: {q: spread([r[k][q] for r in runs]) for q in ("p50", "p90", "p99")}
+                for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s")
+            }
             per_c[str(c)] = {**med, **lat, "runs": runs}
         report["models"][name] = {**model_facts(models[name], nbytes), "concurrency": per_c}
     base = report["models"][names[0]]
@@ -126,12 +131,16 @@ def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
         ideal = base["weight_bytes"] / cand["weight_bytes"]
         cand["vs_baseline"] = {
             c: ratio_block(_median_run(base["concurrency"][c]), _median_run(cand["concurrency"][c]), ideal)
-            for c in cand["concurrency"]}
+            for c in cand["concurrency"]
+        }
         cand["vs_baseline"]["weight_memory_saved"] = 1 - cand["weight_bytes"] / base["weight_bytes"]
     return report
 
 
 def _median_run(per_c: dict) -> dict:
     """A pseudo-run holding the medians over repeats, in summarize_run's shape."""
-    return {"tpot_s": {"p50": per_c["tpot_s"]["p50"]["median"]}, "ttft_s": {"p50": per_c["ttft_s"]["p50"]["median"]},
-            "output_tok_s": per_c["output_tok_s"]["median"]}
+    return {
+        "tpot_s": {"p50": per_c["tpot_s"]["p50"]["median"]},
+        "ttft_s": {"p50": per_c["ttft_s"]["p50"]["median"]},
+        "output_tok_s": per_c["output_tok_s"]["median"],
+    }

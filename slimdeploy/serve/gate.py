@@ -39,6 +39,7 @@ def check(report: dict, reference: dict, max_slowdown: float, model: str | None 
             problems.append(f"concurrency {c}: output {tput:.1f} tok/s < {(1 - max_slowdown):.0%} of {tput_ref:.1f}")
         tpot, tpot_ref = got[c]["tpot_s"]["p50"]["median"], r["tpot_s"]["p50"]["median"]
         if tpot > (1 + max_slowdown) * tpot_ref:
-            problems.append(f"concurrency {c}: TPOT {tpot * 1e3:.2f} ms > {1 + max_slowdown:.0%} of "
-                            f"{tpot_ref * 1e3:.2f} ms")
+            problems.append(
+                f"concurrency {c}: TPOT {tpot * 1e3:.2f} ms > {1 + max_slowdown:.0%} of {tpot_ref * 1e3:.2f} ms"
+            )
     return problems

@@ -10,25 +10,36 @@ def write_bench(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     cfg = report["config"]
-    lines = [f"# slimdeploy bench ({report['backend']})", "",
-             f"input {cfg['input_len']} tokens, output {cfg['output_len']} tokens (EOS ignored), dtype {cfg['dtype']}, "
-             f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up, baseline and candidate interleaved; "
-             f"peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB", "",
-             "| model | conc. | TTFT p50 ms | TPOT p50 ms | e2e p90 ms | out tok/s (min/med/max) | weight MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# slimdeploy bench ({report['backend']})",
+        "",
+        f"input {cfg['input_len']} tokens, output {cfg['output_len']} tokens (EOS ignored), dtype {cfg['dtype']}, "
+        f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up, baseline and candidate interleaved; "
+        f"peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB",
+        "",
+        "| model | conc. | TTFT p50 ms | TPOT p50 ms | e2e p90 ms | out tok/s (min/med/max) | weight MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, m in report["models"].items():
         for c, v in m["concurrency"].items():
             t = v["output_tok_s"]
-            lines.append(f"| {name} | {c} | {v['ttft_s']['p50']['median'] * 1e3:.2f} | "
-                         f"{v['tpot_s']['p50']['median'] * 1e3:.2f} | {v['e2e_s']['p90']['median'] * 1e3:.1f} | "
-                         f"{t['min']:.0f} / {t['median']:.0f} / {t['max']:.0f} | {m['weight_bytes'] / 1e6:.1f} |")
+            lines.append(
+                f"| {name} | {c} | {v['ttft_s']['p50']['median'] * 1e3:.2f} | "
+                f"{v['tpot_s']['p50']['median'] * 1e3:.2f} | {v['e2e_s']['p90']['median'] * 1e3:.1f} | "
+                f"{t['min']:.0f} / {t['median']:.0f} / {t['max']:.0f} | {m['weight_bytes'] / 1e6:.1f} |"
+            )
     cand = report["models"].get("candidate", {}).get("vs_baseline")
     if cand:
-        lines += ["", "| conc. | decode speedup | ideal (weight bytes) | fraction of ideal | throughput speedup |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| conc. | decode speedup | ideal (weight bytes) | fraction of ideal | throughput speedup |",
+            "|---|---|---|---|---|",
+        ]
         for c, v in cand.items():
             if isinstance(v, dict):
-                lines.append(f"| {c} | {v['decode_speedup']:.2f}x | {v['ideal_speedup']:.2f}x | "
-                             f"{v['fraction_of_ideal']:.0%} | {v['throughput_speedup']:.2f}x |")
+                lines.append(
+                    f"| {c} | {v['decode_speedup']:.2f}x | {v['ideal_speedup']:.2f}x | "
+                    f"{v['fraction_of_ideal']:.0%} | {v['throughput_speedup']:.2f}x |"
+                )
         lines.append(f"\nweight memory saved: {cand['weight_memory_saved']:.1%}")
     (out / "bench.md").write_text("\n".join(lines) + "\n")

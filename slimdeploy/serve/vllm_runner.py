@@ -23,8 +23,14 @@ def _child(model_dir: str, request_path: str) -> None:
     from vllm.inputs import TokensPrompt
 
     req = json.loads(Path(request_path).read_text())
-    llm = LLM(model=model_dir, dtype=req.get("dtype", "float32"), max_model_len=req.get("max_model_len", 512),
-              enforce_eager=True, trust_remote_code=req.get("trust_remote_code", False), seed=0)
+    llm = LLM(
+        model=model_dir,
+        dtype=req.get("dtype", "float32"),
+        max_model_len=req.get("max_model_len", 512),
+        enforce_eager=True,
+        trust_remote_code=req.get("trust_remote_code", False),
+        seed=0,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=req["max_tokens"], ignore_eos=True)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in req["prompts"]], params, use_tqdm=False)
     print("SLIMDEPLOY_RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]), flush=True)
@@ -36,17 +42,37 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def vllm_greedy(model_dir: Path, prompts: list[list[int]], max_tokens: int, dtype: str = "float32",
-                max_model_len: int = 512, trust_remote_code: bool = False, timeout: int = 900) -> list[list[int]]:
+def vllm_greedy(
+    model_dir: Path,
+    prompts: list[list[int]],
+    max_tokens: int,
+    dtype: str = "float32",
+    max_model_len: int = 512,
+    trust_remote_code: bool = False,
+    timeout: int = 900,
+) -> list[list[int]]:
     """Greedy continuations of token-id prompts from vLLM (CPU or GPU, whichever vLLM build is installed)."""
     if not vllm_available():
         raise SlimdeployError("vLLM is not installed: pip install 'slimdeploy[cpu]' (or [gpu] on CUDA machines)")
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "request.json"
-        req.write_text(json.dumps({"prompts": prompts, "max_tokens": max_tokens, "dtype": dtype,
-                                   "max_model_len": max_model_len, "trust_remote_code": trust_remote_code}))
-        proc = subprocess.run([sys.executable, "-m", "slimdeploy.serve.vllm_runner", str(model_dir), str(req)],
-                              capture_output=True, text=True, timeout=timeout)
+        req.write_text(
+            json.dumps(
+                {
+                    "prompts": prompts,
+                    "max_tokens": max_tokens,
+                    "dtype": dtype,
+                    "max_model_len": max_model_len,
+                    "trust_remote_code": trust_remote_code,
+                }
+            )
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "slimdeploy.serve.vllm_runner", str(model_dir), str(req)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     for line in proc.stdout.splitlines():
         if line.startswith("SLIMDEPLOY_RESULT "):
             return json.loads(line.split(" ", 1)[1])

@@ -24,9 +24,14 @@ def finalize_demo(model_dir: Path, max_tokens: int | None = None) -> dict:
     ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     sample = prompt + loaded.tokenizer.decode(hf_greedy(loaded.model, [ids], 64)[0])
     summary = json.loads((model_dir / "training_summary.json").read_text())
-    card = {"heldout": {k: trained[k] for k in ("tokens_scored", "nll", "ppl", "protocol")},
-            "random_init_ppl": random["ppl"], "corpus": summary["corpus"], "tokens_seen": summary["tokens_seen"],
-            "parameters": sum(p.numel() for p in loaded.model.parameters()), "sample": sample}
+    card = {
+        "heldout": {k: trained[k] for k in ("tokens_scored", "nll", "ppl", "protocol")},
+        "random_init_ppl": random["ppl"],
+        "corpus": summary["corpus"],
+        "tokens_seen": summary["tokens_seen"],
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "sample": sample,
+    }
     (model_dir / "card.json").write_text(json.dumps(card, indent=1))
     cfg = summary["config"]
     text = f"""# slimdeploy-demo
@@ -35,19 +40,19 @@ A small Llama-architecture causal LM trained from scratch by `slimdeploy zoo tra
 the slimdeploy package as the default model for `slimdeploy compress`, so the tool runs offline anywhere on
 a model that has really learned something.
 
-- Architecture: Llama, {cfg['num_layers']} layers, hidden {cfg['hidden_size']}, {cfg['num_heads']} query heads /
-  {cfg['num_kv_heads']} KV heads (GQA), head_dim {cfg['head_dim']}, SwiGLU {cfg['intermediate_size']}, tied embeddings,
-  {card['parameters']:,} parameters, stored in bf16 (safetensors).
-- Tokenizer: byte-level BPE, {cfg['vocab_size']} tokens, trained on the same corpus; `<|endoftext|>` is BOS, EOS
+- Architecture: Llama, {cfg["num_layers"]} layers, hidden {cfg["hidden_size"]}, {cfg["num_heads"]} query heads /
+  {cfg["num_kv_heads"]} KV heads (GQA), head_dim {cfg["head_dim"]}, SwiGLU {cfg["intermediate_size"]}, tied embeddings,
+  {card["parameters"]:,} parameters, stored in bf16 (safetensors).
+- Tokenizer: byte-level BPE, {cfg["vocab_size"]} tokens, trained on the same corpus; `<|endoftext|>` is BOS, EOS
   and padding.
-- Data: the `.py` sources of the Python {card['corpus']['python']} standard library (PSF licence), split by a
-  hash of each file's path: train {card['corpus']['train']['files']} files, calibration
-  {card['corpus']['calibration']['files']}, held-out eval {card['corpus']['eval']['files']} (fingerprints in card.json).
-- Training: {cfg['steps']} AdamW steps x {cfg['batch_size']} x {cfg['seq_len']} tokens ({summary['tokens_seen']:,}
-  tokens), lr {cfg['lr']} cosine to {cfg['min_lr']}, bf16 autocast, 2 CPU cores, seed {cfg['seed']}.
-- Held-out perplexity (slimdeploy eval default protocol: context {trained['protocol']['context_length']},
-  stride {trained['protocol']['stride']}, BOS before each file): **{trained['ppl']:.3f}** over
-  {trained['tokens_scored']:,} tokens; a random-initialised model of the same shape: {random['ppl']:.1f}.
+- Data: the `.py` sources of the Python {card["corpus"]["python"]} standard library (PSF licence), split by a
+  hash of each file's path: train {card["corpus"]["train"]["files"]} files, calibration
+  {card["corpus"]["calibration"]["files"]}, held-out eval {card["corpus"]["eval"]["files"]} (fingerprints in card.json).
+- Training: {cfg["steps"]} AdamW steps x {cfg["batch_size"]} x {cfg["seq_len"]} tokens ({summary["tokens_seen"]:,}
+  tokens), lr {cfg["lr"]} cosine to {cfg["min_lr"]}, bf16 autocast, 2 CPU cores, seed {cfg["seed"]}.
+- Held-out perplexity (slimdeploy eval default protocol: context {trained["protocol"]["context_length"]},
+  stride {trained["protocol"]["stride"]}, BOS before each file): **{trained["ppl"]:.3f}** over
+  {trained["tokens_scored"]:,} tokens; a random-initialised model of the same shape: {random["ppl"]:.1f}.
 - Licence: the weights are released under Apache-2.0 (slimdeploy's licence); the training text is PSF-licensed.
 
 Greedy sample:

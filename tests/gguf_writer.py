@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's rotary layout for q/k rows (its converter does this; transformers undoes it)."""

@@ -6,8 +6,8 @@ import copy
 import json
 
 import pytest
-
 from conftest import run_cli
+
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.serve.gate import check, parse_fraction
 from slimdeploy.serve.metrics import kv_bytes_per_token, percentile, summarize_run

@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 import torch
-
 from conftest import run_cli
 from gguf_writer import write_llama_gguf
+
 from slimdeploy.load.model import load_model
 from slimdeploy.load.tiny import build_tiny_model
 

@@ -118,3 +118,12 @@ def test_missing_report(capsys, tmp_path):
         ["bench", "check", str(tmp_path / "no.json"), "--against", str(tmp_path / "no.json")], capsys
     )
     assert code == 1 and "does not exist" in err
+
+
+def test_shape_only_model_is_labelled(tmp_path, capsys):
+    from slimdeploy.zoo.shapes import SHAPES, shape_model
+
+    assert {"smollm2-135m", "qwen2.5-0.5b", "llama-3.2-1b"} <= set(SHAPES)
+    model = shape_model("smollm2-135m")
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    assert model.config.slimdeploy_shape_only == "smollm2-135m"

@@ -44,6 +44,7 @@ def run_cmd(
     with progress_bar("benchmark") as update:
         report = bench_torch(models, cfg, update)
     report["sources"] = {"baseline": baseline or "slimdeploy-demo", "candidate": candidate}
+    report["shape_only"] = {k: getattr(m.config, "slimdeploy_shape_only", None) for k, m in models.items()}
     write_bench(report, out)
 
     def human(r: dict) -> None:

@@ -36,7 +36,7 @@ class Loaded:
     model: Any
     tokenizer: Any
     source: str  # what the user asked for, resolved (path, hub id, gguf file)
-    kind: str  # "demo" | "dir" | "hub" | "gguf"
+    kind: str  # "demo" | "dir" | "hub" | "gguf" | "shape" (random weights, real shapes)
 
 
 def resolve_source(spec: str | None) -> tuple[str, str]:
@@ -105,6 +105,13 @@ def load_model(
     with_tokenizer: bool = True,
 ) -> Loaded:
     """Load a causal LM (and tokenizer) from a directory, hub id, .gguf file or the embedded demo (None)."""
+    if spec is not None and spec.startswith("shape:"):
+        from slimdeploy.zoo.shapes import shape_model
+
+        model = shape_model(spec.split(":", 1)[1])
+        if dtype not in ("auto", "fp32"):
+            model.to(torch_dtype(dtype))
+        return Loaded(model=model, tokenizer=None, source=spec, kind="shape")
     kind, location = resolve_source(spec)
     td = torch_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer

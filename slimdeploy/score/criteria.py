@@ -50,9 +50,16 @@ def loraprune_map(
     return (lora_grad_estimate(A, B, gA, gB) * (W + scaling * (B @ A))).abs()
 
 
-def block_sums(E: torch.Tensor, blocks: torch.Tensor, axis: int) -> torch.Tensor:
-    """Sum an element map over each block of rows (axis ROWS) or columns (axis COLS): (n_blocks,)."""
-    per_index = E.sum(1) if axis == ROWS else E.sum(0)
+def row_col_sums(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An element map reduced to what group scores need: its row sums and column sums."""
+    return E.sum(1), E.sum(0)
+
+
+def block_sums(E: torch.Tensor | tuple, blocks: torch.Tensor, axis: int) -> torch.Tensor:
+    """Sum an element map (or its (row sums, column sums)) over each block of rows (axis ROWS) or columns
+    (axis COLS): (n_blocks,)."""
+    rows, cols = E if isinstance(E, tuple) else row_col_sums(E)
+    per_index = rows if axis == ROWS else cols
     return per_index[blocks].sum(-1)
 
 

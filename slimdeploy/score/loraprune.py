@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from slimdeploy.analyze.adapters import decoder_layers, linears
-from slimdeploy.score.criteria import loraprune_map
+from slimdeploy.score.criteria import loraprune_map, row_col_sums
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -25,7 +25,9 @@ def lora_factors(lin) -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 def accumulate_lora_importance(peft_layers: list[dict], ema: list[dict], beta: float) -> None:
-    """One moving-average step of E for every adapted projection (call after backward)."""
+    """One moving-average step of E's row and column sums for every adapted projection (after backward).
+    E is formed for one projection at a time and reduced at once, so the criterion never holds a weight-sized
+    tensor per projection (full-weight Taylor holds one gradient per weight)."""
     for li, lins in enumerate(peft_layers):
         for name, lin in lins.items():
             A, B, s = lora_factors(lin)
@@ -39,13 +41,15 @@ def accumulate_lora_importance(peft_layers: list[dict], ema: list[dict], beta: f
                 B.grad.float(),
                 s,
             )
-            ema[li][name] = E if name not in ema[li] else beta * ema[li][name] + (1 - beta) * E
+            rc = row_col_sums(E)  # keep only row/column sums: memory O(d_out + d_in), not O(d_out * d_in)
+            old = ema[li].get(name)
+            ema[li][name] = rc if old is None else tuple(beta * o + (1 - beta) * n for o, n in zip(old, rc))
 
 
 def loraprune_maps(
     model, batches: torch.Tensor, rank: int = 8, beta: float = 0.9, seed: int = 0, progress=None
 ) -> list[dict]:
-    """Element importance maps per layer and projection, from fresh LoRA adapters (base model untouched)."""
+    """Per layer and projection: (row sums, column sums) of the importance map, from fresh LoRA adapters."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)

@@ -53,6 +53,10 @@ def _short(name: str) -> list[str]:
     sets = ["eval.max_tokens=200", "eval.context_length=64"]
     if "prune" in kinds:
         sets += ["prune.n_samples=4", "prune.seq_len=32", "prune.round_to=16"]
+    if "export" in kinds:
+        sets += ["export.verify=false"]  # runtime verification is tested in test_export.py
+    if "bench" in kinds:
+        sets += ["bench.input_len=8", "bench.output_len=4", "bench.repeats=1", "bench.concurrency=[1]"]
     if "recover" in kinds:
         sets += [
             "recover.steps=4",
@@ -62,6 +66,13 @@ def _short(name: str) -> list[str]:
             "recover.update_every=2",
         ]
     return sets
+
+
+def _compress_args(name: str, model_dir, data, out) -> list[str]:
+    args = ["-q", "compress", "--recipe", name, "--model", str(model_dir), "--data", str(data), "--out", str(out)]
+    for s in _short(name):
+        args += ["--set", s]
+    return args
 
 
 @pytest.fixture
@@ -89,11 +100,10 @@ def small_dir(tmp_path, tokenizer):
 @pytest.mark.parametrize("name", sorted(builtin_recipes()))
 def test_builtin_recipe_end_to_end(name, small_dir, text_file, tmp_path, capsys):
     out = tmp_path / "out"
-    args = ["-q", "compress", "--recipe", name, "--model", str(small_dir), "--data", str(text_file), "--out", str(out)]
-    for s in _short(name):
-        args += ["--set", s]
-    code, _, err = run_cli(args, capsys)
+    code, _, err = run_cli(_compress_args(name, small_dir, text_file, out), capsys)
     assert code == 0, err
+    if "export" in {s.kind for s in load_recipe(name)[0].stages}:
+        assert list((out / "exports").iterdir())
     for f in (
         "config.json",
         "model.safetensors",
@@ -113,20 +123,7 @@ def test_report_fields_recompute(small_dir, text_file, tmp_path, capsys):
     from slimdeploy.load.model import load_model
 
     out = tmp_path / "out"
-    args = [
-        "-q",
-        "compress",
-        "--recipe",
-        "20pct",
-        "--model",
-        str(small_dir),
-        "--data",
-        str(text_file),
-        "--out",
-        str(out),
-    ]
-    for s in _short("20pct"):
-        args += ["--set", s]
+    args = _compress_args("20pct", small_dir, text_file, out)
     assert run_cli(args, capsys)[0] == 0
     report = json.loads((out / "report.json").read_text())
     s = report["summary"]
@@ -157,20 +154,7 @@ def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, mo
     from slimdeploy.pipeline import runner
 
     out = tmp_path / "out"
-    args = [
-        "-q",
-        "compress",
-        "--recipe",
-        "20pct",
-        "--model",
-        str(small_dir),
-        "--data",
-        str(text_file),
-        "--out",
-        str(out),
-    ]
-    for s in _short("20pct"):
-        args += ["--set", s]
+    args = _compress_args("20pct", small_dir, text_file, out)
     calls = []
     real_merge = runner._stage_merge
 
@@ -187,4 +171,5 @@ def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, mo
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
-    assert [s["kind"] for s in report["stages"]] == ["load", "eval", "prune", "eval", "recover", "merge", "eval"]
+    kinds = [s["kind"] for s in report["stages"]]
+    assert kinds == ["load", "eval", "prune", "eval", "recover", "merge", "eval", "export", "export", "bench"]

@@ -90,6 +90,47 @@ def _stage_eval(state: State, stage, recipe: Recipe, progress) -> dict:
     return r
 
 
+def _stage_export(state: State, stage, recipe: Recipe, progress, work: Path) -> dict:
+    """Export the current model into .partial/exports/<format> (moved into the output at the end)."""
+    src = work / "export_src"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir()
+    save_model(state.loaded.model, state.loaded.tokenizer, src)
+    dest = work / "exports" / stage.format
+    if stage.format == "vllm":
+        from slimdeploy.export.vllm import export_vllm
+
+        report = export_vllm(src, dest, stage.tp_size, verify=stage.verify, force=True)
+    else:
+        from slimdeploy.export.ort_genai import export_ort_genai
+
+        report = export_ort_genai(src, dest, verify=stage.verify, force=True, tp_size=stage.tp_size)
+    shutil.rmtree(src)
+    return {"format": stage.format, "path": f"exports/{stage.format}", "verification": report.get("verification"),
+            "tensor_parallel": report["tensor_parallel"]}
+
+
+def _stage_bench(state: State, stage, recipe: Recipe, progress, work: Path, model_spec) -> dict:
+    """The unpruned model (reloaded) against the current one, interleaved; full report in bench/."""
+    import copy
+
+    from slimdeploy.serve.bench import BenchConfig, bench_torch
+    from slimdeploy.serve.report import write_bench
+
+    baseline = load_model(model_spec, "fp32", with_tokenizer=False).model
+    cfg = BenchConfig(input_len=stage.input_len, output_len=stage.output_len, concurrency=stage.concurrency,
+                      repeats=stage.repeats)
+    report = bench_torch({"baseline": baseline, "candidate": copy.deepcopy(state.loaded.model)}, cfg, progress)
+    write_bench(report, work / "bench")
+    return {"backend": stage.backend, "path": "bench/bench.json",
+            "vs_baseline": report["models"]["candidate"]["vs_baseline"],
+            "output_tok_s": {n: {c: v["output_tok_s"]["median"] for c, v in m["concurrency"].items()}
+                             for n, m in report["models"].items()},
+            "tpot_ms": {n: {c: v["tpot_s"]["p50"]["median"] * 1e3 for c, v in m["concurrency"].items()}
+                        for n, m in report["models"].items()}}
+
+
 def _save_state(work: Path, state: State, done: int, rhash: str) -> None:
     model_dir = work / "model.next"
     if model_dir.exists():
@@ -167,11 +208,13 @@ def run(
     for i, stage in enumerate(recipe.stages):
         if i < start:
             continue
-        fn = {"prune": _stage_prune, "recover": _stage_recover, "merge": _stage_merge, "eval": _stage_eval}[stage.kind]
+        fn = {"prune": _stage_prune, "recover": _stage_recover, "merge": _stage_merge, "eval": _stage_eval,
+              "export": _stage_export, "bench": _stage_bench}[stage.kind]
         t0 = time.perf_counter()
         bar = progress_factory(f"[{i + 1}/{len(recipe.stages)}] {stage.kind}") if progress_factory else None
         with bar if bar else nullcontext() as update:
-            args = (state, stage, recipe, update) + ((work,) if stage.kind == "recover" else ())
+            args = (state, stage, recipe, update) + ((work,) if stage.kind in ("recover", "export", "bench") else ())
+            args += (model_spec,) if stage.kind == "bench" else ()
             result = fn(*args)
         result = {
             "kind": stage.kind,
@@ -188,6 +231,9 @@ def run(
         shutil.rmtree(final)
     final.mkdir()
     save_model(state.loaded.model, state.loaded.tokenizer, final)
+    for produced in ("exports", "bench"):
+        if (work / produced).exists():
+            shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
     report = write_outputs(final, recipe, state.stages, model_spec)
     if out.exists():

@@ -38,7 +38,8 @@ class ExportStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["export"]
     format: Literal["vllm", "onnx", "ort-genai"]
-    tp_size: int = Field(1, ge=1)
+    tp_size: int = Field(1, ge=1, description="report tensor-parallel readiness for this size")
+    verify: bool = Field(True, description="load the export in its runtime and compare greedy tokens")
 
 
 class BenchStage(BaseModel):
@@ -47,7 +48,7 @@ class BenchStage(BaseModel):
     backend: Literal["torch", "onnxruntime", "ort-genai", "vllm"] = "torch"
     input_len: int = Field(64, ge=1)
     output_len: int = Field(32, ge=1)
-    concurrency: list[int] = Field(default_factory=lambda: [1])
+    concurrency: list[int] = Field(default_factory=lambda: [1, 4])
     repeats: int = Field(3, ge=1)
 
 
@@ -67,7 +68,7 @@ class Recipe(BaseModel):
     stages: list[Stage] = Field(min_length=1)
 
 
-IMPLEMENTED = {"prune", "recover", "merge", "eval"}
+IMPLEMENTED = {"prune", "recover", "merge", "eval", "export", "bench"}
 
 
 def check_order(recipe: Recipe) -> None:
@@ -87,6 +88,8 @@ def check_order(recipe: Recipe) -> None:
     if pending:
         raise SlimdeployError("the last recover stage is never merged; add `- kind: merge` after it")
     missing = [st.kind for st in recipe.stages if st.kind not in IMPLEMENTED]
+    missing += [f"export format {st.format}" for st in recipe.stages if st.kind == "export" and st.format == "onnx"]
+    missing += [f"bench backend {st.backend}" for st in recipe.stages if st.kind == "bench" and st.backend != "torch"]
     if missing:
         raise SlimdeployError(
             f"stage(s) {', '.join(sorted(set(missing)))} are not available in this version yet "

@@ -19,8 +19,8 @@ def finalize_demo(model_dir: Path, max_tokens: int | None = None) -> dict:
     trained = evaluate_loaded(loaded.model, loaded.tokenizer, None, {}, max_tokens)
     torch.manual_seed(0)
     random_model = AutoModelForCausalLM.from_config(loaded.model.config, dtype=torch.float32).eval()
-    random = evaluate_loaded(random_model, loaded.tokenizer, None, {}, max_tokens)
-    prompt = "def binary_search(items, target):\n"
+    random = evaluate_loaded(random_model, loaded.tokenizer, None, {}, 50_000)  # a reference: 50k tokens do
+    prompt = "class Stack:\n    def __init__(self):\n        self"
     ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     sample = prompt + loaded.tokenizer.decode(hf_greedy(loaded.model, [ids], 64)[0])
     summary = json.loads((model_dir / "training_summary.json").read_text())

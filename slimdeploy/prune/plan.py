@@ -77,7 +77,7 @@ def choose_uniform_widths(
 ) -> tuple[int, int, int, int]:
     """Search (kv kept, heads per kv, mlp kept) shared by `layers` that removes closest to `target_remove`.
 
-    Among options within 0.5% of the target, the one whose attention removal is closest to `attn_share`
+    Among options within tolerance of the target, the one whose attention removal is closest to `attn_share`
     (default: attention's share of the prunable parameters, i.e. the same fraction from both)."""
     lay = b.layouts[layers[0]]
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
@@ -91,7 +91,10 @@ def choose_uniform_widths(
         a_rm = n * (a_full - _attn_params(k, r, lay, b.hidden, b.qkv_bias))
         m_rm = n * 3 * b.hidden * (lay.intermediate - m)
         cands.append((abs(a_rm + m_rm - target_remove), abs(a_rm - share * target_remove), (k, r, m, a_rm + m_rm)))
-    tol = 0.005 * b.total_params  # within half a percent of the target, prefer the intended attention share
+    # within tolerance of the target, prefer the intended attention share; the tolerance is half a percent, or
+    # half of one MLP rounding step across the layers when that is coarser (small models, large round_to)
+    step = n * 3 * b.hidden * (round_to if "mlp" in kinds else 0)
+    tol = max(0.005 * b.total_params, step / 2)
     close = [c for c in cands if c[0] <= tol]
     best = min(close, key=lambda c: (c[1], c[0]))[2] if close else (min(cands)[2] if cands else None)
     if best is None:

@@ -134,6 +134,7 @@ def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str
     for s in stages[1:]:
         ppl = f"{s['ppl']:.3f} ({s['label']})" if s["kind"] == "eval" else ""
         lines.append(f"| {s['index']} | {s['kind']} | {s['seconds']} | {s['peak_rss_mb']} | {s['params']:,} | {ppl} |")
+    lines += [""] + [_artifact_line(s) for s in stages if s["kind"] in ("export", "bench")]
     lines += (
         [""]
         + [f"![{p}]({p})" for p in plots]
@@ -158,6 +159,17 @@ def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str
     ]
     (out / "README.md").write_text("\n".join(card) + "\n")
     return report
+
+
+def _artifact_line(s: dict) -> str:
+    if s["kind"] == "export":
+        v = s.get("verification")
+        check = (f"greedy tokens identical for {v['identical']}/{v['prompts']} prompts x {v['tokens_per_prompt']} "
+                 f"in {v['runtime']} ({v['dtype']})" if v else "not verified")
+        return f"- export `{s['path']}`: {check}"
+    parts = [f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "
+             f"{v['throughput_speedup']:.2f}x" for c, v in s["vs_baseline"].items() if isinstance(v, dict)]
+    return f"- bench (`{s['path']}`, PyTorch backend): " + "; ".join(parts)
 
 
 def _per_layer(out: Path) -> bool:

@@ -43,7 +43,9 @@ def test_stage_order_checked(tmp_path):
 def test_set_overrides(tmp_path):
     recipe, _ = load_recipe("20pct", ["prune.ratio=0.3", "recover.steps=5"])
     assert recipe.stages[1].ratio == 0.3
-    with pytest.raises(SlimdeployError, match="no 'export' stage"):
+    with pytest.raises(SlimdeployError, match="no 'bench' stage"):
+        load_recipe("depth-25", ["bench.repeats=2"])
+    with pytest.raises(SlimdeployError, match="export format onnx are not available"):
         load_recipe("20pct", ["export.format=onnx"])
 
 

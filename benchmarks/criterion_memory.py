@@ -28,8 +28,16 @@ def child(model: str, criterion: str, samples: int, seq_len: int) -> None:
     batches = torch.randint(3, loaded.model.config.vocab_size, (samples, seq_len))
     score(loaded.model, criterion, batches)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"criterion": criterion, "rss_after_load_mb": after_load / 1024, "peak_rss_mb": peak / 1024,
-                      "criterion_extra_mb": (peak - after_load) / 1024}))
+    print(
+        json.dumps(
+            {
+                "criterion": criterion,
+                "rss_after_load_mb": after_load / 1024,
+                "peak_rss_mb": peak / 1024,
+                "criterion_extra_mb": (peak - after_load) / 1024,
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -45,8 +53,22 @@ def main() -> int:
         return 0
     rows = []
     for crit in ("taylor", "loraprune"):
-        proc = subprocess.run([sys.executable, __file__, "--model", args.model, "--samples", str(args.samples),
-                               "--seq-len", str(args.seq_len), "--child", crit], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                args.model,
+                "--samples",
+                str(args.samples),
+                "--seq-len",
+                str(args.seq_len),
+                "--child",
+                crit,
+            ],
+            capture_output=True,
+            text=True,
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if not line:
             print(proc.stderr[-2000:])
@@ -54,9 +76,12 @@ def main() -> int:
         rows.append(json.loads(line[-1]))
         print(line[-1], flush=True)
     t, lp = rows
-    summary = {"model": args.model, "rows": rows,
-               "loraprune_peak_vs_taylor": lp["peak_rss_mb"] / t["peak_rss_mb"],
-               "loraprune_extra_vs_taylor": lp["criterion_extra_mb"] / t["criterion_extra_mb"]}
+    summary = {
+        "model": args.model,
+        "rows": rows,
+        "loraprune_peak_vs_taylor": lp["peak_rss_mb"] / t["peak_rss_mb"],
+        "loraprune_extra_vs_taylor": lp["criterion_extra_mb"] / t["criterion_extra_mb"],
+    }
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=1))

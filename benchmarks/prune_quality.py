@@ -13,9 +13,9 @@ import copy
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import DEFAULT_SHARED, stories260k, write_rows
 
 from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity
 from slimdeploy.load.data import calibration_batches, token_stream
@@ -27,7 +27,7 @@ CRITERIA = ["random", "l1", "l2", "wanda", "flap", "taylor", "loraprune", "surge
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--shared", default=DEFAULT_SHARED)
     ap.add_argument("--out", default="benchmarks/results/prune_quality.json")
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--criteria", default=",".join(CRITERIA))
@@ -35,11 +35,10 @@ def main() -> int:
     ap.add_argument("--eval-tokens", type=int, default=60000)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    shared = Path(args.shared)
-    model_dir, text = shared / "models/stories260K", shared / "text/tinystories-valid-dev.txt"
-    if not model_dir.exists():
-        print(f"skipped: {model_dir} not found (pass --shared)")
+    found = stories260k(args.shared)
+    if found is None:
         return 0
+    model_dir, text = found
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_model(str(model_dir), "fp32")
@@ -71,8 +70,7 @@ def main() -> int:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"protocol": proto.__dict__, "rows": rows}, indent=1))
+    write_rows(args.out, proto, rows)
     return 0
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import DEFAULT_SHARED, stories260k, write_rows
+
 from slimdeploy.evaluate.perplexity import PerplexityProtocol, perplexity
 from slimdeploy.load.data import calibration_batches, token_stream
 from slimdeploy.load.model import load_model
@@ -34,18 +36,17 @@ VARIANTS = ("oneshot-lm", "oneshot-kd", "loraprune", "lorashear")
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--shared", default=DEFAULT_SHARED)
     ap.add_argument("--tokens", type=int, default=563_000)
     ap.add_argument("--ratios", default="0.2,0.3,0.5")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default="benchmarks/results/recovery_quality.json")
     ap.add_argument("--work", default=".cache/recovery_bench")
     args = ap.parse_args()
-    shared = Path(args.shared)
-    model_dir, text = shared / "models/stories260K", shared / "text/tinystories-valid-dev.txt"
-    if not model_dir.exists():
-        print(f"skipped: {model_dir} not found (pass --shared)")
+    found = stories260k(args.shared)
+    if found is None:
         return 0
+    model_dir, text = found
     base = load_model(str(model_dir), "fp32")
     content = text.read_text()
     cut = int(len(content) * 0.8)
@@ -102,8 +103,7 @@ def main() -> int:
             row["x_dense"] = row["recovered_ppl"] / dense
             rows.append(row)
             print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"protocol": proto.__dict__, "rows": rows}, indent=1))
+    write_rows(args.out, proto, rows)
     return 0
 
 

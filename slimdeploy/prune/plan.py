@@ -195,7 +195,7 @@ def make_plan(
             lay, s = b.layouts[i], scores[i]
             heads_keep, kv_keep = select_heads(s["head"], s["kv"], kv_counts[i], r, lay.q_per_kv)
             plans[i] = LayerPlan(mlp_keep=top(s["mlp"], mlp_counts[i]), heads_keep=heads_keep, kv_keep=kv_keep)
-    return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=_predicted(b, plans, live))
+    return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=predict_params(b, plans, live))
 
 
 def standardize_per_layer(scores: list[dict]) -> list[dict]:
@@ -224,7 +224,7 @@ def _global_counts(scores, b: Budget, editable: list[int], m: int, k: int, round
     return mlp_counts, kv_counts
 
 
-def _predicted(b: Budget, plans: list[LayerPlan | None], live: list[int]) -> int:
+def predict_params(b: Budget, plans: list[LayerPlan | None], live: list[int]) -> int:
     """Parameters after applying the plan: untouched layers as they are, edited ones by their kept widths."""
     total = b.total_params - sum(b.layer_params)
     for i in live:

@@ -21,7 +21,7 @@ import torch
 from slimdeploy.analyze.adapters import decoder_layers, layer_layout, linears
 from slimdeploy.analyze.groups import members
 from slimdeploy.prune.api import make_budget
-from slimdeploy.prune.plan import PrunePlan, make_plan
+from slimdeploy.prune.plan import LayerPlan, PrunePlan, make_plan, predict_params, select_heads, top
 from slimdeploy.score.criteria import block_sums
 from slimdeploy.score.loraprune import accumulate_lora_importance
 
@@ -106,6 +106,7 @@ class PruneDuringTraining:
         self.ema: list[dict] = [{} for _ in self.masks.mlp]
         self.history: list[dict] = []
         self.model = model
+        self.final_widths: list | None = None
 
     def attach(self, peft_model) -> None:
         self.model = peft_model.base_model.model
@@ -116,6 +117,9 @@ class PruneDuringTraining:
         accumulate_lora_importance(layers, self.ema, self.beta)
 
     def plan_at(self, ratio: float) -> PrunePlan | None:
+        """Groups to remove at `ratio` (<= the final ratio). The final plan is allocated once (its widths fixed
+        by the first call); earlier ratios move each width monotonically towards it, so a group removed once is
+        never brought back and the head/KV split never changes between updates."""
         if ratio <= 0.002:
             return None
         p = self.pcfg
@@ -124,18 +128,28 @@ class PruneDuringTraining:
             scores[li]["mlp"] = torch.where(self.masks.mlp[li] == 0, -1.0, scores[li]["mlp"])
             heads0 = self.masks.head[li] == 0
             scores[li]["head"] = torch.where(heads0, -1.0, scores[li]["head"])
-        return make_plan(
-            scores,
-            self.budget,
-            ratio,
-            set(p.structures) - {"layer"},
-            p.allocation,
-            p.round_to,
-            p.tp_size,
-            p.attn_share,
-            p.protect_first,
-            p.protect_last,
-        )
+            q = len(heads0) // len(scores[li]["kv"])
+            kv0 = heads0.view(-1, q).all(1)
+            scores[li]["kv"] = torch.where(kv0, -1.0, scores[li]["kv"])
+        if self.final_widths is None:
+            final = make_plan(scores, self.budget, p.ratio, set(p.structures) - {"layer"}, p.allocation, p.round_to,
+                              p.tp_size, p.attn_share, p.protect_first, p.protect_last)
+            self.final_widths = [None if lp is None else (len(lp.kv_keep), len(lp.heads_keep) // len(lp.kv_keep),
+                                                          len(lp.mlp_keep)) for lp in final.layers]
+        f = min(1.0, ratio / p.ratio)
+        layers = []
+        for li, w in enumerate(self.final_widths):
+            if w is None:
+                layers.append(None)
+                continue
+            lay = self.budget.layouts[li]
+            k = lay.kv_heads - round(f * (lay.kv_heads - w[0]))
+            r = lay.q_per_kv - round(f * (lay.q_per_kv - w[1]))
+            m = lay.intermediate - round(f * (lay.intermediate - w[2]))
+            heads, kv = select_heads(scores[li]["head"], scores[li]["kv"], k, r, lay.q_per_kv)
+            layers.append(LayerPlan(mlp_keep=top(scores[li]["mlp"], m), heads_keep=heads, kv_keep=kv))
+        live = list(range(len(layers)))
+        return PrunePlan(layers=layers, predicted_params=predict_params(self.budget, layers, live))
 
     def finish(self, peft_model) -> None:
         """Masks at the final ratio; merge() slices the masked groups away after folding the adapters."""

@@ -61,27 +61,36 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
-    labels = [f"{i}:{s['kind']}" for i, s in enumerate(stages)]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar(labels, [s["params"] / 1e6 for s in stages], color="#4c72b0")
-    ax.set_ylabel("parameters (M)")
-    ax.set_title("model size after each stage")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(out / "plots" / "size_per_stage.png", dpi=110)
-    plt.close(fig)
-    files.append("plots/size_per_stage.png")
+    def bar(name: str, labels: list[str], values: list[float], ylabel: str, title: str, color: str) -> None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.bar(labels, values, color=color)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        fig.savefig(out / "plots" / name, dpi=110)
+        plt.close(fig)
+        files.append(f"plots/{name}")
+
+    files: list[str] = []
+    bar(
+        "size_per_stage.png",
+        [f"{i}:{s['kind']}" for i, s in enumerate(stages)],
+        [s["params"] / 1e6 for s in stages],
+        "parameters (M)",
+        "model size after each stage",
+        "#4c72b0",
+    )
     evals = [s for s in stages if s["kind"] == "eval"]
     if evals:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-        ax.bar([f"{s['index']}:{s['label']}" for s in evals], [s["ppl"] for s in evals], color="#dd8452")
-        ax.set_ylabel("perplexity")
-        ax.set_title("perplexity at each eval stage")
-        fig.tight_layout()
-        fig.savefig(out / "plots" / "perplexity_per_stage.png", dpi=110)
-        plt.close(fig)
-        files.append("plots/perplexity_per_stage.png")
+        bar(
+            "perplexity_per_stage.png",
+            [f"{s['index']}:{s['label']}" for s in evals],
+            [s["ppl"] for s in evals],
+            "perplexity",
+            "perplexity at each eval stage",
+            "#dd8452",
+        )
     benches = [s for s in stages if s["kind"] == "bench"]
     if benches:
         b = benches[-1]
@@ -89,8 +98,9 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
         for ax, key, label in ((axes[0], "output_tok_s", "output tokens/s"), (axes[1], "tpot_ms", "TPOT p50 (ms)")):
             for j, name in enumerate(("baseline", "candidate")):
-                ax.bar([k + 0.4 * j for k in range(len(levels))], [b[key][name][c] for c in levels], width=0.4,
-                       label=name)
+                ax.bar(
+                    [k + 0.4 * j for k in range(len(levels))], [b[key][name][c] for c in levels], width=0.4, label=name
+                )
             ax.set_xticks([k + 0.2 for k in range(len(levels))], [f"conc. {c}" for c in levels])
             ax.set_ylabel(label)
         axes[0].legend()
@@ -164,11 +174,19 @@ def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str
 def _artifact_line(s: dict) -> str:
     if s["kind"] == "export":
         v = s.get("verification")
-        check = (f"greedy tokens identical for {v['identical']}/{v['prompts']} prompts x {v['tokens_per_prompt']} "
-                 f"in {v['runtime']} ({v['dtype']})" if v else "not verified")
+        check = (
+            f"greedy tokens identical for {v['identical']}/{v['prompts']} prompts x {v['tokens_per_prompt']} "
+            f"in {v['runtime']} ({v['dtype']})"
+            if v
+            else "not verified"
+        )
         return f"- export `{s['path']}`: {check}"
-    parts = [f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "
-             f"{v['throughput_speedup']:.2f}x" for c, v in s["vs_baseline"].items() if isinstance(v, dict)]
+    parts = [
+        f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "
+        f"{v['throughput_speedup']:.2f}x"
+        for c, v in s["vs_baseline"].items()
+        if isinstance(v, dict)
+    ]
     return f"- bench (`{s['path']}`, PyTorch backend): " + "; ".join(parts)
 
 

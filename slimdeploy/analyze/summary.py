@@ -19,6 +19,12 @@ def component_of(name: str) -> str:
     return "other"
 
 
+def param_stats(model) -> dict:
+    """Parameters and their bytes; `parameters()` already counts tied weights once."""
+    params = list(model.parameters())
+    return {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params)}
+
+
 def summarize(model) -> dict:
     """Parameter counts by component (tied weights counted once), per-layer shapes and the GQA layout."""
     cfg = model.config

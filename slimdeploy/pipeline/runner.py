@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from slimdeploy.analyze.summary import param_stats
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.model import Loaded, load_model
 from slimdeploy.prune.io import save_model
@@ -32,16 +33,6 @@ class State:
     pruned: bool = False
     recovered: bool = False
     stages: list[dict] = field(default_factory=list)
-
-
-def param_stats(model) -> dict:
-    seen, n, nbytes = set(), 0, 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
-            nbytes += p.numel() * p.element_size()
-    return {"params": n, "bytes": nbytes}
 
 
 def _stage_prune(state: State, stage, recipe: Recipe, progress) -> dict:
@@ -107,8 +98,12 @@ def _stage_export(state: State, stage, recipe: Recipe, progress, work: Path) -> 
 
         report = export_ort_genai(src, dest, verify=stage.verify, force=True, tp_size=stage.tp_size)
     shutil.rmtree(src)
-    return {"format": stage.format, "path": f"exports/{stage.format}", "verification": report.get("verification"),
-            "tensor_parallel": report["tensor_parallel"]}
+    return {
+        "format": stage.format,
+        "path": f"exports/{stage.format}",
+        "verification": report.get("verification"),
+        "tensor_parallel": report["tensor_parallel"],
+    }
 
 
 def _stage_bench(state: State, stage, recipe: Recipe, progress, work: Path, model_spec) -> dict:
@@ -119,16 +114,24 @@ def _stage_bench(state: State, stage, recipe: Recipe, progress, work: Path, mode
     from slimdeploy.serve.report import write_bench
 
     baseline = load_model(model_spec, "fp32", with_tokenizer=False).model
-    cfg = BenchConfig(input_len=stage.input_len, output_len=stage.output_len, concurrency=stage.concurrency,
-                      repeats=stage.repeats)
+    cfg = BenchConfig(
+        input_len=stage.input_len, output_len=stage.output_len, concurrency=stage.concurrency, repeats=stage.repeats
+    )
     report = bench_torch({"baseline": baseline, "candidate": copy.deepcopy(state.loaded.model)}, cfg, progress)
     write_bench(report, work / "bench")
-    return {"backend": stage.backend, "path": "bench/bench.json",
-            "vs_baseline": report["models"]["candidate"]["vs_baseline"],
-            "output_tok_s": {n: {c: v["output_tok_s"]["median"] for c, v in m["concurrency"].items()}
-                             for n, m in report["models"].items()},
-            "tpot_ms": {n: {c: v["tpot_s"]["p50"]["median"] * 1e3 for c, v in m["concurrency"].items()}
-                        for n, m in report["models"].items()}}
+    return {
+        "backend": stage.backend,
+        "path": "bench/bench.json",
+        "vs_baseline": report["models"]["candidate"]["vs_baseline"],
+        "output_tok_s": {
+            n: {c: v["output_tok_s"]["median"] for c, v in m["concurrency"].items()}
+            for n, m in report["models"].items()
+        },
+        "tpot_ms": {
+            n: {c: v["tpot_s"]["p50"]["median"] * 1e3 for c, v in m["concurrency"].items()}
+            for n, m in report["models"].items()
+        },
+    }
 
 
 def _save_state(work: Path, state: State, done: int, rhash: str) -> None:
@@ -208,8 +211,14 @@ def run(
     for i, stage in enumerate(recipe.stages):
         if i < start:
             continue
-        fn = {"prune": _stage_prune, "recover": _stage_recover, "merge": _stage_merge, "eval": _stage_eval,
-              "export": _stage_export, "bench": _stage_bench}[stage.kind]
+        fn = {
+            "prune": _stage_prune,
+            "recover": _stage_recover,
+            "merge": _stage_merge,
+            "eval": _stage_eval,
+            "export": _stage_export,
+            "bench": _stage_bench,
+        }[stage.kind]
         t0 = time.perf_counter()
         bar = progress_factory(f"[{i + 1}/{len(recipe.stages)}] {stage.kind}") if progress_factory else None
         with bar if bar else nullcontext() as update:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
 from slimdeploy.analyze.groups import layer_params
 from slimdeploy.errors import SlimdeployError
-from slimdeploy.prune.apply import apply_plan, record_of
+from slimdeploy.prune.apply import apply_plan, current_widths, record_of
 from slimdeploy.prune.plan import Budget, PrunePlan, make_plan, standardize_per_layer
 from slimdeploy.score import surgeon
 from slimdeploy.score.api import CRITERIA, score
@@ -160,10 +160,6 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
         "criterion": config.criterion,
         "update": update,
         "shots": shots,
-        "widths": record_of(model)["layers"]
-        and [
-            {"heads": lay.heads, "kv_heads": lay.kv_heads, "intermediate": lay.intermediate}
-            for lay in (layer_layout(layer) for layer in decoder_layers(model))
-        ],
+        "widths": current_widths(model),
         "seconds": round(time.perf_counter() - t0, 2),
     }

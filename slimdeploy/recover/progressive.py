@@ -132,10 +132,22 @@ class PruneDuringTraining:
             kv0 = heads0.view(-1, q).all(1)
             scores[li]["kv"] = torch.where(kv0, -1.0, scores[li]["kv"])
         if self.final_widths is None:
-            final = make_plan(scores, self.budget, p.ratio, set(p.structures) - {"layer"}, p.allocation, p.round_to,
-                              p.tp_size, p.attn_share, p.protect_first, p.protect_last)
-            self.final_widths = [None if lp is None else (len(lp.kv_keep), len(lp.heads_keep) // len(lp.kv_keep),
-                                                          len(lp.mlp_keep)) for lp in final.layers]
+            final = make_plan(
+                scores,
+                self.budget,
+                p.ratio,
+                set(p.structures) - {"layer"},
+                p.allocation,
+                p.round_to,
+                p.tp_size,
+                p.attn_share,
+                p.protect_first,
+                p.protect_last,
+            )
+            self.final_widths = [
+                None if lp is None else (len(lp.kv_keep), len(lp.heads_keep) // len(lp.kv_keep), len(lp.mlp_keep))
+                for lp in final.layers
+            ]
         f = min(1.0, ratio / p.ratio)
         layers = []
         for li, w in enumerate(self.final_widths):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import psutil
 import torch
 
+from slimdeploy.analyze.summary import param_stats
 from slimdeploy.serve.metrics import kv_bytes_per_token, ratio_block, spread, summarize_run
 
 
@@ -80,11 +81,7 @@ def torch_generate_timed(model, prompts: torch.Tensor, output_len: int) -> tuple
 
 
 def model_facts(model, dtype_bytes: int) -> dict:
-    seen, n = set(), 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            n += p.numel()
+    n = param_stats(model)["params"]
     return {
         "params": n,
         "weight_bytes": n * dtype_bytes,

@@ -56,16 +56,6 @@ def test_pruned_model_served_by_vllm_matches_transformers(tmp_path, tokenizer):
     assert (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_per_layer_widths_refused_before_writing(tmp_path, tokenizer):
-    src = _pruned_dir(tmp_path, tokenizer, allocation="global")
-    cfg = json.loads((src / "config.json").read_text())
-    if "slimdeploy_layer_widths" not in cfg:
-        pytest.skip("global allocation happened to give uniform widths")
-    with pytest.raises(SlimdeployError, match="per-layer widths"):
-        export_vllm(src, tmp_path / "out", verify=False)
-    assert not (tmp_path / "out").exists()
-
-
 def test_unsupported_architecture_and_existing_output(tmp_path, tokenizer):
     src = _pruned_dir(tmp_path, tokenizer)
     (tmp_path / "taken").mkdir()

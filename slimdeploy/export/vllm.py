@@ -1,8 +1,9 @@
 """vLLM-ready checkpoints: the stock architecture in safetensors with config, tokenizer and generation
 config, loadable offline by `vllm serve DIR` and `LLM(model=DIR)`, verified by actually serving it.
 
-Per-layer widths (global allocation) need the DeciLM ("nemotron-nas") format: not in this version yet, so
-such models are refused before anything is written.
+Per-layer widths (global allocation) are written in vLLM's DeciLM ("nemotron-nas") format with the config
+and modeling code in the checkpoint (`auto_map`), so that transformers loads it too (trust_remote_code);
+see `nemotron_nas.py`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import time
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.nemotron_nas import to_nemotron_nas
 from slimdeploy.prune.io import atomic_dir
 
 VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+DECILM_CODE = Path(__file__).parent / "decilm"
 COPY = (
     "config.json",
     "generation_config.json",
@@ -30,11 +33,15 @@ COPY = (
 
 def tp_readiness(config: dict, tp_size: int) -> dict:
     heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    inter = config["intermediate_size"]
+    kvs, inters = [kv], [config["intermediate_size"]]
+    if "block_configs" in config:  # per-layer widths: every layer must split
+        blocks = config["block_configs"]
+        kvs = [heads // b["attention"]["n_heads_in_group"] for b in blocks if not b["attention"]["no_op"]]
+        inters = [b["ffn"]["intermediate_size"] for b in blocks if not b["ffn"]["no_op"]]
     checks = {
         "num_attention_heads % tp == 0": heads % tp_size == 0,
-        "kv heads divisible by tp or replicable": kv % tp_size == 0 or tp_size % kv == 0,
-        "intermediate_size % tp == 0": inter % tp_size == 0,
+        "kv heads divisible by tp or replicable": all(k % tp_size == 0 or tp_size % k == 0 for k in kvs),
+        "intermediate_size % tp == 0": all(i % tp_size == 0 for i in inters),
     }
     return {"tp_size": tp_size, "ok": all(checks.values()), "checks": checks}
 
@@ -53,11 +60,6 @@ def check_supported(model_dir: Path) -> dict:
         raise SlimdeployError(
             f"unsupported architecture {arch} for the vLLM export; supported: {', '.join(sorted(VLLM_ARCHITECTURES))}"
         )
-    if "slimdeploy_layer_widths" in config:
-        raise SlimdeployError(
-            "this model has per-layer widths (global allocation): the vLLM export of that "
-            "(DeciLM block_configs) is not available yet; prune with --allocation uniform"
-        )
     if not list(model_dir.glob("*.safetensors")):
         raise SlimdeployError(f"{model_dir} has no safetensors weights")
     return config
@@ -72,26 +74,62 @@ def export_vllm(
     model_dir = Path(model_dir)
     config = check_supported(model_dir)
     loaded = load_model(str(model_dir), "fp32")  # also validates the weights before anything is written
-    report: dict = {
-        "format": "vllm",
-        "source": str(model_dir),
-        "architecture": config["architectures"][0],
-        "tensor_parallel": tp_readiness(config, tp_size),
-        "head_dim": config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"],
-    }
+    per_layer = "slimdeploy_layer_widths" in config
+    report: dict = {"format": "vllm", "source": str(model_dir)}
+    if per_layer:
+        config, state, report["nemotron_nas"] = to_nemotron_nas(loaded.model)
+    report["architecture"] = config["architectures"][0]
+    report["tensor_parallel"] = tp_readiness(config, tp_size)
+    report["head_dim"] = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     report["cpu_attention_ok"] = report["head_dim"] >= 32  # vLLM's CPU attention rejects small head sizes
     with atomic_dir(out, force) as tmp:
-        for shard in model_dir.glob("*.safetensors"):
-            shutil.copy2(shard, tmp / shard.name)
+        if per_layer:
+            write_nemotron_nas(tmp, config, state)
+        else:
+            for shard in model_dir.glob("*.safetensors"):
+                shutil.copy2(shard, tmp / shard.name)
         for name in COPY:
-            if (model_dir / name).exists():
+            if (model_dir / name).exists() and not (per_layer and name == "config.json"):
                 shutil.copy2(model_dir / name, tmp / name)
         if not (tmp / "generation_config.json").exists():
             loaded.model.generation_config.save_pretrained(tmp)
+        if per_layer:
+            report["transformers_parity"] = check_reload(tmp, loaded)
         if verify:
             report["verification"] = verify_vllm(tmp, loaded, n_tokens)
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def write_nemotron_nas(out: Path, config: dict, state: dict) -> None:
+    """config.json with auto_map, the config/modeling code beside it, and the weights in one safetensors file."""
+    from safetensors.torch import save_file
+
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in ("configuration_decilm.py", "modeling_decilm.py"):
+        shutil.copy2(DECILM_CODE / name, out / name)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, out / "model.safetensors", {"format": "pt"})
+
+
+def check_reload(export_dir: Path, loaded, atol: float = 1e-5) -> dict:
+    """transformers loads the DeciLM checkpoint (trust_remote_code) and gives the source model's logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slimdeploy.export.verify import default_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, dtype=torch.float32).eval()
+    worst = 0.0
+    with torch.no_grad():
+        for prompt in default_prompts(loaded.tokenizer):
+            ids = torch.tensor([prompt])
+            diff = (model(ids).logits - loaded.model(ids).logits).abs().max().item()
+            worst = max(worst, diff)
+    if not worst <= atol:
+        raise SlimdeployError(
+            f"the DeciLM checkpoint's logits differ from the source by {worst:.2e} (> {atol}); not written"
+        )
+    return {"max_abs_logit_diff": worst, "atol": atol, "dtype": "float32"}
 
 
 def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
@@ -107,6 +145,7 @@ def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
         n_tokens,
         dtype="float32",
         max_model_len=min(512, loaded.model.config.max_position_embeddings),
+        trust_remote_code=(export_dir / "modeling_decilm.py").exists(),  # our own code, written by this export
     )
     ref = hf_greedy(loaded.model, prompts, n_tokens)
     result = {

@@ -84,3 +84,36 @@ def text_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "text.txt"
     path.write_text("\n\n".join(read_split("calibration")[:40])[:60000])
     return path
+
+
+# (kept query heads, kept KV heads, MLP width) per layer of an 8-head / 4-KV-head model; one MLP removed
+PER_LAYER_WIDTHS = [(8, 4, 512), (2, 1, 320), (4, 2, 0), (6, 3, 128)]
+
+
+def per_layer_dir(tmp_path, tokenizer, family: str = "llama") -> Path:
+    """A saved model whose layers differ in query heads, KV heads and MLP width (head_dim 32 for vLLM's CPU)."""
+    from slimdeploy.load.tiny import build_tiny_model
+    from slimdeploy.prune.apply import prune_attention, prune_mlp, sync_config
+    from slimdeploy.prune.io import save_model
+
+    model = build_tiny_model(
+        family,
+        hidden_size=256,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=32,
+        intermediate_size=512,
+        num_hidden_layers=len(PER_LAYER_WIDTHS),
+        max_position_embeddings=512,
+    )
+    for layer, (heads, kv, inter) in zip(model.model.layers, PER_LAYER_WIDTHS, strict=True):
+        per = heads // kv
+        keep_kv = torch.arange(kv) * 4 // kv  # spread the kept groups: not simply the first ones
+        keep_heads = torch.cat([g * 2 + torch.arange(per) for g in keep_kv.tolist()])
+        prune_attention(layer, keep_heads, keep_kv)
+        prune_mlp(layer, torch.randperm(512)[:inter].sort().values)
+    assert not sync_config(model)
+    path = tmp_path / f"per-layer-{family}"
+    path.mkdir()
+    save_model(model, tokenizer, path)
+    return path

@@ -19,7 +19,7 @@ def test_help(cmd, capsys):
     assert code == 0 and "Usage" in out
 
 
-@pytest.mark.parametrize("cmd", [["bench", "run", ".", "--backend", "vllm"], ["export", ".", "--format", "onnx"]])
+@pytest.mark.parametrize("cmd", [["bench", "run", ".", "--backend", "vllm"]])
 def test_not_yet_available_exits_2(cmd, capsys):
     code, _, err = run_cli(cmd, capsys)
     assert code == 2 and "not available yet" in err and err.count("\n") == 1

@@ -8,41 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import per_layer_dir as _per_layer_dir
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.nemotron_nas import BlockPlan, plan_blocks
 from slimdeploy.export.vllm import export_vllm
 from slimdeploy.load.tiny import build_tiny_model
-from slimdeploy.prune.apply import prune_attention, prune_mlp, sync_config
-from slimdeploy.prune.io import save_model
 from slimdeploy.serve.vllm_runner import vllm_available
-
-# (kept query heads, kept KV heads, MLP width) per layer of an 8-head / 4-KV-head model
-WIDTHS = [(8, 4, 512), (2, 1, 320), (4, 2, 0), (6, 3, 128)]
-
-
-def _per_layer_dir(tmp_path, tokenizer, family="llama"):
-    model = build_tiny_model(
-        family,
-        hidden_size=256,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        head_dim=32,
-        intermediate_size=512,
-        num_hidden_layers=len(WIDTHS),
-        max_position_embeddings=512,
-    )
-    for layer, (heads, kv, inter) in zip(model.model.layers, WIDTHS, strict=True):
-        per = heads // kv
-        keep_kv = torch.arange(kv) * 4 // kv  # spread the kept groups: not simply the first ones
-        keep_heads = torch.cat([g * 2 + torch.arange(per) for g in keep_kv.tolist()])
-        prune_attention(layer, keep_heads, keep_kv)
-        prune_mlp(layer, torch.randperm(512)[:inter].sort().values)
-    assert not sync_config(model)
-    path = tmp_path / f"per-layer-{family}"
-    path.mkdir()
-    save_model(model, tokenizer, path)
-    return path
 
 
 def test_plan_picks_fewest_padded_kv_heads():

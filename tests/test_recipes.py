@@ -45,8 +45,8 @@ def test_set_overrides(tmp_path):
     assert recipe.stages[1].ratio == 0.3
     with pytest.raises(SlimdeployError, match="no 'bench' stage"):
         load_recipe("depth-25", ["bench.repeats=2"])
-    with pytest.raises(SlimdeployError, match="export format onnx are not available"):
-        load_recipe("20pct", ["export.format=onnx"])
+    with pytest.raises(SlimdeployError, match="dtype bf16 is not available for vllm"):
+        load_recipe("20pct", ["export.dtype=bf16"])
 
 
 def _short(name: str) -> list[str]:
@@ -174,4 +174,4 @@ def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, mo
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     kinds = [s["kind"] for s in report["stages"]]
-    assert kinds == ["load", "eval", "prune", "eval", "recover", "merge", "eval", "export", "export", "bench"]
+    assert kinds == ["load", "eval", "prune", "eval", "recover", "merge", "eval", "export", "export", "export", "bench"]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from slimdeploy.cli.common import emit, info, not_yet, progress_bar
+from slimdeploy.cli.common import emit, info, progress_bar
 from slimdeploy.errors import SlimdeployError
 
 ModelOpt = Annotated[
@@ -201,24 +201,20 @@ def export_cmd(
     model_dir: Annotated[Path, typer.Argument(help="A model directory (e.g. the output of compress).")],
     format: Annotated[str, typer.Option("--format", "-f", help="vllm | onnx | ort-genai")] = "vllm",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
+    dtype: Annotated[str, typer.Option(help="onnx: fp32 | fp16 | bf16; ort-genai: fp32 | fp16 | int4.")] = "fp32",
     tp_size: Annotated[int, typer.Option(help="Report tensor-parallel readiness for this size.")] = 1,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip loading the export in its runtime.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
-    """Export for vLLM or onnxruntime-genai (plain ONNX lands with issue 6), verified by loading it."""
-    if format == "onnx":
-        not_yet("export --format onnx", "issue 6 (ONNX exporters)")
-    if format not in ("vllm", "ort-genai"):
+    """Export for vLLM, onnxruntime (plain ONNX with KV cache) or onnxruntime-genai, verified by loading it."""
+    if format not in ("vllm", "onnx", "ort-genai"):
         raise SlimdeployError(f"unknown export format {format!r}; choose vllm, onnx or ort-genai")
+    if format == "vllm" and dtype != "fp32":
+        raise SlimdeployError("--dtype applies to onnx and ort-genai; vLLM picks its dtype when serving (--dtype)")
     out = out or model_dir.parent / f"{model_dir.name}-{format}"
-    if format == "vllm":
-        from slimdeploy.export.vllm import export_vllm
+    from slimdeploy.export.api import run_export
 
-        report = export_vllm(model_dir, out, tp_size, verify=not no_verify, force=force)
-    else:
-        from slimdeploy.export.ort_genai import export_ort_genai
-
-        report = export_ort_genai(model_dir, out, verify=not no_verify, force=force, tp_size=tp_size)
+    report = run_export(model_dir, out, format, dtype, tp_size, verify=not no_verify, force=force)
     v = report.get("verification")
     emit(
         report,
@@ -226,7 +222,7 @@ def export_cmd(
             f"{format} export written to {out}"
             + (
                 f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
-                f"x {v['tokens_per_prompt']} tokens (fp32)"
+                f"x {v['tokens_per_prompt']} tokens ({v['dtype']})"
                 if v
                 else "; not verified"
             )

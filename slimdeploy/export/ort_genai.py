@@ -49,8 +49,8 @@ def export_ort_genai(
 
     model_dir = Path(model_dir)
     config = check_supported(model_dir)  # same family and uniform-width limits as the builder
-    if precision not in ("fp32", "int4"):
-        raise SlimdeployError(f"precision {precision!r}: the CPU builder supports fp32 and int4")
+    if precision not in ("fp32", "fp16", "int4"):
+        raise SlimdeployError(f"precision {precision!r}: the builder supports fp32, fp16 and int4")
     loaded = load_model(str(model_dir), "fp32")
     report: dict = {
         "format": "ort-genai",
@@ -86,7 +86,16 @@ def export_ort_genai(
         if verify:
             prompts = default_prompts(loaded.tokenizer)
             t0 = time.perf_counter()
-            got = ort_genai_greedy(tmp, prompts, n_tokens)
+            try:
+                got = ort_genai_greedy(tmp, prompts, n_tokens)
+            except SlimdeployError:
+                raise
+            except Exception as exc:  # seen: fp16 packages fail to run on the CPU provider (buffer reuse)
+                msg = str(exc).splitlines()[0][:160]
+                raise SlimdeployError(
+                    f"onnxruntime-genai cannot run the {precision} package on this machine ({msg}); "
+                    "export fp32 (or int4) instead; nothing written"
+                ) from None
             result = {
                 "runtime": "onnxruntime-genai",
                 "dtype": precision,

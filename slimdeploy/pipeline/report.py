@@ -180,6 +180,8 @@ def _artifact_line(s: dict) -> str:
             if v
             else "not verified"
         )
+        if v and "max_abs_logit_diff" in v:
+            check += f"; logits within atol {v['atol']} / rtol {v['rtol']} (max |diff| {v['max_abs_logit_diff']})"
         return f"- export `{s['path']}`: {check}"
     parts = [
         f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "

@@ -18,6 +18,7 @@ import torch
 
 from slimdeploy.analyze.summary import param_stats
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.api import run_export  # light: each exporter imports its runtime lazily
 from slimdeploy.load.model import Loaded, load_model
 from slimdeploy.prune.io import save_model
 from slimdeploy.prune.stage import peak_rss_mb
@@ -89,20 +90,13 @@ def _stage_export(state: State, stage, recipe: Recipe, progress, work: Path) -> 
     src.mkdir()
     save_model(state.loaded.model, state.loaded.tokenizer, src)
     dest = work / "exports" / stage.format
-    if stage.format == "vllm":
-        from slimdeploy.export.vllm import export_vllm
-
-        report = export_vllm(src, dest, stage.tp_size, verify=stage.verify, force=True)
-    else:
-        from slimdeploy.export.ort_genai import export_ort_genai
-
-        report = export_ort_genai(src, dest, verify=stage.verify, force=True, tp_size=stage.tp_size)
+    report = run_export(src, dest, stage.format, stage.dtype, stage.tp_size, verify=stage.verify, force=True)
     shutil.rmtree(src)
     return {
         "format": stage.format,
         "path": f"exports/{stage.format}",
         "verification": report.get("verification"),
-        "tensor_parallel": report["tensor_parallel"],
+        "tensor_parallel": report.get("tensor_parallel"),
     }
 
 

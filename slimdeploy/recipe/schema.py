@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.prune.api import PruneConfig
@@ -34,12 +34,24 @@ class EvalStage(BaseModel):
     max_tokens: int | None = Field(60000, ge=16, description="score at most this many tokens (None: all)")
 
 
+EXPORT_DTYPES = {"vllm": ["fp32"], "onnx": ["fp32", "fp16", "bf16"], "ort-genai": ["fp32", "fp16", "int4"]}
+
+
 class ExportStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["export"]
     format: Literal["vllm", "onnx", "ort-genai"]
+    dtype: Literal["fp32", "fp16", "bf16", "int4"] = Field("fp32", description=f"per format: {EXPORT_DTYPES}")
     tp_size: int = Field(1, ge=1, description="report tensor-parallel readiness for this size")
     verify: bool = Field(True, description="load the export in its runtime and compare greedy tokens")
+
+    @model_validator(mode="after")
+    def _dtype_fits_format(self):
+        if self.dtype not in EXPORT_DTYPES[self.format]:
+            raise ValueError(
+                f"dtype {self.dtype} is not available for {self.format} exports: {EXPORT_DTYPES[self.format]}"
+            )
+        return self
 
 
 class BenchStage(BaseModel):
@@ -88,7 +100,6 @@ def check_order(recipe: Recipe) -> None:
     if pending:
         raise SlimdeployError("the last recover stage is never merged; add `- kind: merge` after it")
     missing = [st.kind for st in recipe.stages if st.kind not in IMPLEMENTED]
-    missing += [f"export format {st.format}" for st in recipe.stages if st.kind == "export" and st.format == "onnx"]
     missing += [f"bench backend {st.backend}" for st in recipe.stages if st.kind == "bench" and st.backend != "torch"]
     if missing:
         raise SlimdeployError(

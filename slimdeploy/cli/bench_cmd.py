@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from slimdeploy.cli.common import emit, not_yet, progress_bar
+from slimdeploy.cli.common import emit, progress_bar
 from slimdeploy.errors import SlimdeployError
 
 app = typer.Typer(help="Latency, memory and throughput against the baseline; a regression gate.", no_args_is_help=True)
@@ -18,34 +18,35 @@ app = typer.Typer(help="Latency, memory and throughput against the baseline; a r
 def run_cmd(
     candidate: Annotated[str, typer.Argument(help="The compressed model directory.")],
     baseline: Annotated[Optional[str], typer.Option(help="The unpruned model (default: the demo).")] = None,
-    backend: Annotated[str, typer.Option(help="torch (vllm, onnxruntime, ort-genai: issue 7)")] = "torch",
+    backend: Annotated[str, typer.Option(help="torch | onnxruntime | ort-genai | vllm | vllm-server")] = "torch",
     input_len: Annotated[int, typer.Option(help="Prompt tokens per request.")] = 64,
     output_len: Annotated[int, typer.Option(help="Generated tokens per request (EOS ignored).")] = 32,
     concurrency: Annotated[str, typer.Option(help="Comma list of concurrency levels.")] = "1,4",
     repeats: Annotated[int, typer.Option(help="Measured repeats (after one warm-up).")] = 3,
-    dtype: Annotated[str, typer.Option(help="fp32 | bf16")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (what the backend supports)")] = "fp32",
+    port: Annotated[int, typer.Option(help="vllm-server: first port on 127.0.0.1 (baseline; candidate +1).")] = 8000,
+    threads: Annotated[Optional[int], typer.Option(help="torch/onnx workers: intra-op threads.")] = None,
     out: Annotated[Path, typer.Option(help="Where to write bench.json and bench.md.")] = Path("bench-out"),
 ) -> None:
     """Baseline and candidate, interleaved in one invocation; ratios next to the ideal from weight bytes."""
-    if backend != "torch":
-        not_yet(f"bench --backend {backend}", "issue 7 (serving harness)")
-    from slimdeploy.load.model import load_model
-    from slimdeploy.serve.bench import BenchConfig, bench_torch
+    from slimdeploy.serve.backends import check_backend
+    from slimdeploy.serve.bench import BenchConfig
     from slimdeploy.serve.report import write_bench
 
+    check_backend(backend)
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
         raise SlimdeployError(f"--concurrency {concurrency!r}: give positive integers, e.g. 1,4")
-    models = {
-        "baseline": load_model(baseline, "fp32", with_tokenizer=False).model,
-        "candidate": load_model(candidate, "fp32", with_tokenizer=False).model,
-    }
+    if dtype not in ("fp32", "bf16", "fp16") or (backend == "torch" and dtype == "fp16"):
+        raise SlimdeployError(f"--dtype {dtype!r}: torch takes fp32 or bf16, onnxruntime fp32 or fp16, vllm any")
     cfg = BenchConfig(input_len=input_len, output_len=output_len, concurrency=levels, repeats=repeats, dtype=dtype)
+    sources = {"baseline": baseline, "candidate": candidate}
     with progress_bar("benchmark") as update:
-        report = bench_torch(models, cfg, update)
+        report = _measure(sources, backend, cfg, update, port, threads, out)
     report["sources"] = {"baseline": baseline or "slimdeploy-demo", "candidate": candidate}
-    report["shape_only"] = {k: getattr(m.config, "slimdeploy_shape_only", None) for k, m in models.items()}
     write_bench(report, out)
+    if report.get("partial"):
+        raise SlimdeployError(f"the run stopped early: {report['error']} (partial results in {out}/bench.json)")
 
     def human(r: dict) -> None:
         for c, v in r["models"]["candidate"]["vs_baseline"].items():
@@ -59,6 +60,38 @@ def run_cmd(
         print(f"written to {out}/bench.json and bench.md")
 
     emit(report, human)
+
+
+def _measure(sources: dict, backend: str, cfg, update, port: int, threads, out: Path) -> dict:
+    """torch runs in this process; every other backend in one worker process (or server) per model."""
+    import shutil
+    import tempfile
+
+    from slimdeploy.load.model import load_model, resolve_source
+
+    if backend == "torch":
+        from slimdeploy.serve.bench import bench_torch
+
+        models = {k: load_model(v, "fp32", with_tokenizer=False).model for k, v in sources.items()}
+        report = bench_torch(models, cfg, update)
+        report["shape_only"] = {k: getattr(m.config, "slimdeploy_shape_only", None) for k, m in models.items()}
+        return report
+    from slimdeploy.serve.backends import bench_backend
+
+    dirs = {}
+    for name, spec in sources.items():
+        kind, location = resolve_source(spec)
+        if kind not in ("demo", "dir"):
+            raise SlimdeployError(f"the {backend} backend takes model directories; {spec} is a {kind} source")
+        dirs[name] = Path(location)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".bench-runtime-", dir=out.parent))
+    try:
+        report = bench_backend(dirs, backend, cfg, work, update, port, threads)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["shape_only"] = {k: v.pop("shape_only", None) for k, v in report["models"].items()}
+    return report
 
 
 @app.command("check")

@@ -1,8 +1,10 @@
-"""bench(): baseline vs candidate, interleaved in one invocation, on the PyTorch backend (transformers
-generate loop with KV cache). vLLM and onnxruntime backends land with the rest of issue 7.
+"""Baseline vs candidate, interleaved in one invocation, on any backend.
 
-Every repeat runs baseline then candidate at each concurrency, so drift of the machine hits both alike.
-Peak RSS of the whole process tree is sampled by a thread during the runs.
+A runner is anything with `generate(prompts, output_len) -> (token_times, start)`: in-process PyTorch
+models (bench_torch) or worker processes / the vLLM server (bench_backend in backends.py). Every repeat runs
+baseline then candidate at each concurrency, so drift of the machine hits both alike. Peak RSS of the whole
+process tree, and of each runner's own process tree, is sampled by a thread during the runs. A runner that
+dies ends the run: what was measured is kept and the report is marked partial.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from slimdeploy.analyze.summary import param_stats
 from slimdeploy.serve.metrics import kv_bytes_per_token, ratio_block, spread, summarize_run
+from slimdeploy.serve.worker import BackendDied
 
 
 @dataclass
@@ -32,18 +35,26 @@ class BenchConfig:
 class RssSampler:
     """Peak resident memory of this process and its children, sampled every `interval` seconds."""
 
-    def __init__(self, interval: float = 0.05):
+    def __init__(self, interval: float = 0.05, watch: dict[str, int] | None = None):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.watch = watch or {}  # name -> pid whose own tree is also tracked
+        self.peaks = {name: 0 for name in self.watch}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @staticmethod
+    def tree_rss(pid: int) -> int:
+        try:
+            p = psutil.Process(pid)
+            return p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))
+        except psutil.Error:
+            return 0
+
     def _run(self) -> None:
-        me = psutil.Process()
+        me = psutil.Process().pid
         while not self._stop.is_set():
-            try:
-                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
-            except psutil.Error:
-                total = 0
-            self.peak = max(self.peak, total)
+            self.peak = max(self.peak, self.tree_rss(me))
+            for name, pid in self.watch.items():
+                self.peaks[name] = max(self.peaks[name], self.tree_rss(pid))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -89,46 +100,77 @@ def model_facts(model, dtype_bytes: int) -> dict:
     }
 
 
+class InProcessTorch:
+    """A loaded transformers model as a runner (no extra process: the recipe's bench stage uses it)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def generate(self, prompts: list[list[int]], output_len: int):
+        return torch_generate_timed(self.model, torch.tensor(prompts), output_len)
+
+
 def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
-    """`models`: name -> loaded model (first = baseline). Returns the report dict (schema: bench.json)."""
+    """`models`: name -> loaded model (first = baseline), run in this process."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
     nbytes = torch.finfo(dtype).bits // 8
     for m in models.values():
         m.to(dtype).eval()
-    names = list(models)
     vocab = min(m.config.vocab_size for m in models.values())
+    runners = {name: InProcessTorch(m) for name, m in models.items()}
+    facts = {name: model_facts(m, nbytes) for name, m in models.items()}
+    return run_bench(runners, facts, cfg, vocab, "torch", progress)
+
+
+def run_bench(runners: dict, facts: dict, cfg: BenchConfig, vocab: int, backend: str, progress=None) -> dict:
+    """Interleaved repeats over all concurrency levels; returns the report (schema: bench.json)."""
+    names = list(runners)
     results: dict = {n: {c: [] for c in cfg.concurrency} for n in names}
     total = (cfg.warmup + cfg.repeats) * len(cfg.concurrency) * len(names)
-    done = 0
-    with RssSampler() as rss:
-        for rep in range(cfg.warmup + cfg.repeats):
-            for c in cfg.concurrency:
-                prompts = request_set(vocab, c, cfg.input_len, cfg.seed + c)
-                for name in names:  # interleaved: baseline, candidate, baseline, ...
-                    times, start = torch_generate_timed(models[name], prompts, cfg.output_len)
-                    if rep >= cfg.warmup:
-                        results[name][c].append(summarize_run(times, start, cfg.input_len))
-                    done += 1
-                    if progress:
-                        progress(done, total)
-    report = {"backend": "torch", "config": cfg.__dict__, "peak_rss_bytes": rss.peak, "models": {}}
+    done, error = 0, None
+    watch = {n: r.pid for n, r in runners.items() if hasattr(r, "pid")}
+    with RssSampler(watch=watch) as rss:
+        try:
+            for rep in range(cfg.warmup + cfg.repeats):
+                for c in cfg.concurrency:
+                    prompts = request_set(vocab, c, cfg.input_len, cfg.seed + c).tolist()
+                    for name in names:  # interleaved: baseline, candidate, baseline, ...
+                        times, start = runners[name].generate(prompts, cfg.output_len)
+                        if rep >= cfg.warmup:
+                            results[name][c].append(summarize_run(times, start, cfg.input_len))
+                        done += 1
+                        if progress:
+                            progress(done, total)
+        except BackendDied as exc:
+            error = str(exc)
+    report = {"backend": backend, "config": cfg.__dict__, "peak_rss_bytes": rss.peak, "models": {}}
+    if error:
+        report.update(partial=True, error=error)
     for name in names:
         per_c = {}
         for c, runs in results[name].items():
+            if not runs:
+                continue
             med = {k: spread([r[k] for r in runs]) for k in ("output_tok_s", "requests_s", "prefill_tok_s")}
             lat = {
                 k: {q: spread([r[k][q] for r in runs]) for q in ("p50", "p90", "p99")}
                 for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s")
             }
             per_c[str(c)] = {**med, **lat, "runs": runs}
-        report["models"][name] = {**model_facts(models[name], nbytes), "concurrency": per_c}
+        report["models"][name] = {**facts[name], "concurrency": per_c}
+        if name in rss.peaks:
+            report["models"][name]["peak_rss_bytes"] = rss.peaks[name]
+        for key in ("load_s",):
+            if hasattr(runners[name], key):
+                report["models"][name][key] = getattr(runners[name], key)
     base = report["models"][names[0]]
     for name in names[1:]:
         cand = report["models"][name]
         ideal = base["weight_bytes"] / cand["weight_bytes"]
+        common = [c for c in cand["concurrency"] if c in base["concurrency"]]
         cand["vs_baseline"] = {
             c: ratio_block(_median_run(base["concurrency"][c]), _median_run(cand["concurrency"][c]), ideal)
-            for c in cand["concurrency"]
+            for c in common
         }
         cand["vs_baseline"]["weight_memory_saved"] = 1 - cand["weight_bytes"] / base["weight_bytes"]
     return report

@@ -17,6 +17,7 @@ def write_bench(report: dict, out: Path) -> None:
         f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up, baseline and candidate interleaved; "
         f"peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB",
         "",
+        *([f"**PARTIAL RESULTS**: {report['error']}", ""] if report.get("partial") else []),
         "| model | conc. | TTFT p50 ms | TPOT p50 ms | e2e p90 ms | out tok/s (min/med/max) | weight MB |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -1,0 +1,127 @@
+"""bench_backend(): the same interleaved benchmark on onnxruntime, onnxruntime-genai, vLLM (offline engine)
+or vLLM's OpenAI server, one process (tree) per model.
+
+Model directories are turned into what the runtime loads first (`runtime_dir`): an ONNX export, an
+onnxruntime-genai package, or, for per-layer widths, the DeciLM checkpoint; these conversions are not
+verified again here (`slimdeploy export` does that) and are not timed. Ideal ratios always come from the
+source models' weight bytes, so padding or conversion overheads show up as distance to the ideal.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.serve.metrics import kv_bytes_per_token
+
+BACKENDS = ("torch", "onnxruntime", "ort-genai", "vllm", "vllm-server")
+NEEDS = {
+    "onnxruntime": ("onnxruntime", "onnxruntime"),
+    "ort-genai": ("onnxruntime_genai", "onnxruntime-genai"),
+    "vllm": ("vllm", "vLLM"),
+    "vllm-server": ("vllm", "vLLM"),
+}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise SlimdeployError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    module, label = NEEDS.get(backend, (None, None))
+    if module and importlib.util.find_spec(module) is None:
+        raise SlimdeployError(
+            f"the {backend} backend needs {label}, which is not installed: pip install 'slimdeploy[cpu]' "
+            "(or 'slimdeploy[gpu]' on CUDA machines)"
+        )
+
+
+def safetensors_params(model_dir: Path) -> int:
+    """Parameter count from the safetensors headers (no weights read)."""
+    total = 0
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(shard, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in meta["shape"]:
+                    count *= d
+                total += count
+    return total
+
+
+def source_facts(model_dir: Path, dtype: str) -> dict:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    n = safetensors_params(model_dir)
+    if not n:
+        raise SlimdeployError(f"{model_dir} has no safetensors weights; pass a model directory")
+    nbytes = DTYPE_BYTES[dtype]
+    return {
+        "params": n,
+        "weight_bytes": n * nbytes,
+        "kv_bytes_per_token": kv_bytes_per_token(SimpleNamespace(**config), nbytes),
+        "shape_only": config.get("slimdeploy_shape_only"),
+        "vocab_size": config["vocab_size"],
+    }
+
+
+def runtime_dir(backend: str, src: Path, work: Path, dtype: str) -> Path:
+    """What the runtime loads, converted into `work` when the source is a plain model directory."""
+    src = Path(src)
+    per_layer = "slimdeploy_layer_widths" in (src / "config.json").read_text()
+    if backend in ("vllm", "vllm-server") and per_layer:
+        from slimdeploy.export.vllm import export_vllm
+
+        export_vllm(src, work, verify=False)
+        return work
+    if backend == "onnxruntime" and not (src / "onnx_config.json").exists():
+        from slimdeploy.export.onnx import export_onnx
+
+        export_onnx(src, work, dtype="fp16" if dtype == "fp16" else "fp32", verify=False)
+        return work
+    if backend == "ort-genai" and not (src / "genai_config.json").exists():
+        from slimdeploy.export.ort_genai import export_ort_genai
+
+        export_ort_genai(src, work, precision="fp32", verify=False)
+        return work
+    return src
+
+
+def start_runner(backend: str, path: Path, dtype: str, max_model_len: int, port: int, threads: int | None):
+    if backend == "vllm-server":
+        from slimdeploy.serve.openai_server import VllmServer
+
+        return VllmServer(path, dtype, port, max_model_len)
+    from slimdeploy.serve.worker import Worker
+
+    return Worker(backend, path, dtype, {"max_model_len": max_model_len, "threads": threads})
+
+
+def bench_backend(
+    sources: dict[str, Path], backend: str, cfg, work: Path, progress=None, port: int = 8000, threads=None
+) -> dict:
+    """`sources`: name -> model directory (first = baseline). Every runner is stopped at the end."""
+    from slimdeploy.serve.bench import run_bench
+
+    check_backend(backend)
+    if backend in ("onnxruntime", "ort-genai") and cfg.dtype == "bf16":
+        raise SlimdeployError(f"the {backend} backend runs fp32 (or fp16 for onnxruntime) on CPU; pass --dtype fp32")
+    facts = {name: source_facts(path, cfg.dtype) for name, path in sources.items()}
+    vocab = min(f.pop("vocab_size") for f in facts.values())
+    max_len = cfg.input_len + cfg.output_len + 16
+    runners: dict = {}
+    try:
+        for i, (name, src) in enumerate(sources.items()):
+            path = runtime_dir(backend, src, work / f"{name}-{backend}", cfg.dtype)
+            runners[name] = start_runner(backend, path, cfg.dtype, max_len, port + i, threads)
+        report = run_bench(runners, facts, cfg, vocab, backend, progress)
+    finally:
+        for r in runners.values():
+            r.close()
+    report["runtime_dirs"] = {name: str(getattr(r, "path", "")) for name, r in runners.items()}
+    return report

@@ -1,3 +1,5 @@
+"""`python -m slimdeploy ...` is the `slimdeploy` command."""
+
 from slimdeploy.cli import main
 
 if __name__ == "__main__":

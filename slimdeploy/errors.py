@@ -6,8 +6,3 @@ class SlimdeployError(Exception):
 
     exit_code = 1
 
-
-class NotYetAvailable(SlimdeployError):
-    """A command whose implementation has not landed yet."""
-
-    exit_code = 2

@@ -19,10 +19,13 @@ def test_help(cmd, capsys):
     assert code == 0 and "Usage" in out
 
 
-@pytest.mark.parametrize("cmd", [["bench", "run", ".", "--backend", "vllm"]])
-def test_not_yet_available_exits_2(cmd, capsys):
-    code, _, err = run_cli(cmd, capsys)
-    assert code == 2 and "not available yet" in err and err.count("\n") == 1
+def test_backend_not_installed_names_the_extra(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    code, _, err = run_cli(["bench", "run", ".", "--backend", "vllm"], capsys)
+    assert code == 1 and "pip install 'slimdeploy[cpu]'" in err and err.count("\n") == 1
 
 
 def _one_line_error(code, err):

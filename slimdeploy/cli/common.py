@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from slimdeploy.errors import NotYetAvailable
-
 
 @dataclass
 class GlobalFlags:
@@ -20,10 +18,6 @@ class GlobalFlags:
 
 
 FLAGS = GlobalFlags()
-
-
-def not_yet(command: str, issue: str) -> None:
-    raise NotYetAvailable(f"`slimdeploy {command}` is not available yet: it lands with {issue}")
 
 
 @contextmanager

@@ -101,17 +101,27 @@ def _stage_export(state: State, stage, recipe: Recipe, progress, work: Path) -> 
 
 
 def _stage_bench(state: State, stage, recipe: Recipe, progress, work: Path, model_spec) -> dict:
-    """The unpruned model (reloaded) against the current one, interleaved; full report in bench/."""
+    """The unpruned model against the current one, interleaved; full report in bench/."""
     import copy
 
     from slimdeploy.serve.bench import BenchConfig, bench_torch
     from slimdeploy.serve.report import write_bench
 
-    baseline = load_model(model_spec, "fp32", with_tokenizer=False).model
     cfg = BenchConfig(
-        input_len=stage.input_len, output_len=stage.output_len, concurrency=stage.concurrency, repeats=stage.repeats
+        input_len=stage.input_len,
+        output_len=stage.output_len,
+        concurrency=stage.concurrency,
+        repeats=stage.repeats,
+        dtype=stage.dtype,
     )
-    report = bench_torch({"baseline": baseline, "candidate": copy.deepcopy(state.loaded.model)}, cfg, progress)
+    if stage.backend == "torch":
+        baseline = load_model(model_spec, "fp32", with_tokenizer=False).model
+        report = bench_torch({"baseline": baseline, "candidate": copy.deepcopy(state.loaded.model)}, cfg, progress)
+    else:
+        report = _bench_in_workers(state, stage.backend, cfg, progress, work, model_spec)
+    if report.get("partial"):
+        write_bench(report, work / "bench-partial")
+        raise SlimdeployError(f"bench stage stopped early: {report['error']}")
     write_bench(report, work / "bench")
     return {
         "backend": stage.backend,
@@ -126,6 +136,29 @@ def _stage_bench(state: State, stage, recipe: Recipe, progress, work: Path, mode
             for n, m in report["models"].items()
         },
     }
+
+
+def _bench_in_workers(state: State, backend: str, cfg, progress, work: Path, model_spec) -> dict:
+    """Other runtimes load from disk: save the current model, resolve the baseline's directory."""
+    from slimdeploy.load.model import resolve_source
+    from slimdeploy.serve.backends import bench_backend
+
+    kind, location = resolve_source(model_spec)
+    if kind not in ("demo", "dir"):
+        raise SlimdeployError(f"bench backend {backend} needs the baseline as a model directory, not a {kind} source")
+    src = work / "bench_src"
+    runtime = work / "bench_runtime"
+    for d in (src, runtime):
+        if d.exists():
+            shutil.rmtree(d)
+    src.mkdir()
+    runtime.mkdir()
+    save_model(state.loaded.model, state.loaded.tokenizer, src)
+    try:
+        return bench_backend({"baseline": Path(location), "candidate": src}, backend, cfg, runtime, progress)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _save_state(work: Path, state: State, done: int, rhash: str) -> None:

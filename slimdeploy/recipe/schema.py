@@ -57,7 +57,8 @@ class ExportStage(BaseModel):
 class BenchStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["bench"]
-    backend: Literal["torch", "onnxruntime", "ort-genai", "vllm"] = "torch"
+    backend: Literal["torch", "onnxruntime", "ort-genai", "vllm", "vllm-server"] = "torch"
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     input_len: int = Field(64, ge=1)
     output_len: int = Field(32, ge=1)
     concurrency: list[int] = Field(default_factory=lambda: [1, 4])
@@ -80,9 +81,6 @@ class Recipe(BaseModel):
     stages: list[Stage] = Field(min_length=1)
 
 
-IMPLEMENTED = {"prune", "recover", "merge", "eval", "export", "bench"}
-
-
 def check_order(recipe: Recipe) -> None:
     """Stage order rules, checked before any weights load.
 
@@ -99,10 +97,3 @@ def check_order(recipe: Recipe) -> None:
         pending = st.kind == "recover"
     if pending:
         raise SlimdeployError("the last recover stage is never merged; add `- kind: merge` after it")
-    missing = [st.kind for st in recipe.stages if st.kind not in IMPLEMENTED]
-    missing += [f"bench backend {st.backend}" for st in recipe.stages if st.kind == "bench" and st.backend != "torch"]
-    if missing:
-        raise SlimdeployError(
-            f"stage(s) {', '.join(sorted(set(missing)))} are not available in this version yet "
-            "(exporters: issue 6, bench: issue 7); remove them from the recipe"
-        )

@@ -86,10 +86,27 @@ def runtime_dir(backend: str, src: Path, work: Path, dtype: str) -> Path:
         return work
     if backend == "ort-genai" and not (src / "genai_config.json").exists():
         from slimdeploy.export.ort_genai import export_ort_genai
+        from slimdeploy.serve.engines import has_tokenizer
 
+        if not has_tokenizer(src):
+            src = _with_stand_in_tokenizer(src, work.parent / f"{work.name}-src")
         export_ort_genai(src, work, precision="fp32", verify=False)
         return work
     return src
+
+
+def _with_stand_in_tokenizer(src: Path, staging: Path) -> Path:
+    """The genai builder insists on a tokenizer; shape-only models have none. Token ids go in and come out
+    either way, so the demo's tokenizer files stand in (the weights are linked, not copied)."""
+    from slimdeploy.load.model import demo_model_dir
+
+    staging.mkdir(parents=True)
+    for f in src.iterdir():
+        (staging / f.name).symlink_to(f.resolve())
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (demo_model_dir() / name).exists():
+            (staging / name).symlink_to(demo_model_dir() / name)
+    return staging
 
 
 def start_runner(backend: str, path: Path, dtype: str, max_model_len: int, port: int, threads: int | None):

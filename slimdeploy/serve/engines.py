@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    return any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
+
+
 class TorchEngine:
     """transformers model, generate loop with DynamicCache (the reference implementation)."""
 
@@ -106,6 +110,7 @@ class VllmEngine:
             max_model_len=options["max_model_len"],
             enforce_eager=options.get("enforce_eager", True),
             trust_remote_code=(Path(path) / "modeling_decilm.py").exists(),  # slimdeploy's own DeciLM code
+            skip_tokenizer_init=not has_tokenizer(path),  # shape-only models: token ids in, token ids out
             seed=0,
         )
         self.n = 0

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.serve.engines import has_tokenizer
 from slimdeploy.serve.worker import BackendDied, kill_tree
 
 HOST = "127.0.0.1"
@@ -44,6 +45,8 @@ class VllmServer:
         cmd += ["--max-model-len", str(max_model_len), "--enforce-eager"]
         if (Path(path) / "modeling_decilm.py").exists():
             cmd.append("--trust-remote-code")
+        if not has_tokenizer(path):
+            cmd.append("--skip-tokenizer-init")  # shape-only models: token ids in, token ids out
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)

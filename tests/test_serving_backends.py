@@ -152,3 +152,21 @@ def test_server_that_dies_mid_run_is_reported(pair):
             server.generate([[5, 6, 7]], 4)
     finally:
         server.close()
+
+
+def test_recipe_bench_stage_on_onnxruntime(pair, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: ort-bench\nstages:\n  - kind: prune\n    ratio: 0.2\n    criterion: l2\n    round_to: 64\n"
+        "  - kind: bench\n    backend: onnxruntime\n    input_len: 8\n    output_len: 4\n    concurrency: [1]\n"
+        "    repeats: 1\n"
+    )
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["-q", "compress", "--recipe", str(recipe), "--model", str(pair[0]), "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert bench["backend"] == "onnxruntime" and "1" in bench["models"]["candidate"]["vs_baseline"]
+    assert not (out / "bench_src").exists() and not (out / "bench_runtime").exists()

@@ -5,4 +5,3 @@ class SlimdeployError(Exception):
     """A problem with the user's input or environment; the message says what was wrong and what to do."""
 
     exit_code = 1
-

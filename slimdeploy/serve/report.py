@@ -29,6 +29,19 @@ def write_bench(report: dict, out: Path) -> None:
                 f"{v['tpot_s']['p50']['median'] * 1e3:.2f} | {v['e2e_s']['p90']['median'] * 1e3:.1f} | "
                 f"{t['min']:.0f} / {t['median']:.0f} / {t['max']:.0f} | {m['weight_bytes'] / 1e6:.1f} |"
             )
+    lines += [
+        "",
+        "| model | params | weight MB | KV bytes/token | load s | peak RSS MiB (process tree) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, m in report["models"].items():
+        rss = m.get("peak_rss_bytes")
+        lines.append(
+            f"| {name} | {m['params']:,} | {m['weight_bytes'] / 1e6:.1f} | {m['kv_bytes_per_token']:,} | "
+            f"{m.get('load_s', '-')} | {f'{rss / 2**20:.0f}' if rss else '(in-process)'} |"
+        )
+    if any(report.get("shape_only", {}).values()):
+        lines.append(f"\nshape-only models (random weights with real shapes): {report['shape_only']}")
     cand = report["models"].get("candidate", {}).get("vs_baseline")
     if cand:
         lines += [

@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default="benchmarks/results/recovery_quality.json")
     ap.add_argument("--work", default=".cache/recovery_bench")
+    ap.add_argument("--prune-fraction", type=float, default=0.7, help="loraprune/lorashear: share of steps that prune")
+    ap.add_argument("--update", action="store_true", help="replace only the rows of --variants in --out")
     args = ap.parse_args()
     found = stories260k(args.shared)
     if found is None:
@@ -87,6 +89,7 @@ def main() -> int:
                     mode=variant,
                     update_every=10,
                     periods=3,
+                    prune_fraction=args.prune_fraction,
                     prune={"ratio": ratio, "round_to": 4, "structures": ["mlp", "head", "kv"]},
                 )
             peft_model, rep = recover(model, base.tokenizer, cfg, teacher=base.model)
@@ -103,7 +106,13 @@ def main() -> int:
             row["x_dense"] = row["recovered_ppl"] / dense
             rows.append(row)
             print(json.dumps(row), flush=True)
-    write_rows(args.out, proto, rows)
+    extra = {"prune_fraction": args.prune_fraction}
+    if args.update and Path(args.out).exists():
+        redone = set(args.variants.split(","))
+        old = json.loads(Path(args.out).read_text())
+        rows = [r for r in old["rows"] if r["variant"] == "dense" or r["variant"] not in redone] + rows[1:]
+        extra = {k: v for k, v in old.items() if k not in ("protocol", "rows")} | extra
+    write_rows(args.out, proto, rows, **extra)
     return 0
 
 

@@ -186,6 +186,7 @@ def test_dynamic_data_adaptor_reweights(text_file, tokenizer, tmp_path):
         steps=9,
         mode="lorashear",
         periods=3,
+        prune_fraction=1.0,  # periods end at steps 3 and 6 (merge + re-weight); the last one ends the run
         data=[str(text_file), str(other)],
         prune={"ratio": 0.1, "round_to": 16},
     )
@@ -193,6 +194,15 @@ def test_dynamic_data_adaptor_reweights(text_file, tokenizer, tmp_path):
     weights = [h["data_weights"] for h in rep["pruning_schedule"]]
     assert len(weights) == 2 and all(abs(sum(w) - 1) < 1e-3 for w in weights)
     assert rep["data_weights"] != [0.5, 0.5]
+
+
+def test_lorashear_prunes_then_recovers(text_file, tokenizer):
+    """Periods fill the first prune_fraction of the steps; the rest only recovers (no mask changes)."""
+    cfg = _cfg(
+        text_file, steps=12, mode="lorashear", periods=2, prune_fraction=0.5, prune={"ratio": 0.1, "round_to": 16}
+    )
+    _, rep = recover(_wide(), tokenizer, cfg)
+    assert [h["step"] for h in rep["pruning_schedule"]] == [3, 6]
 
 
 def test_prune_block_needs_a_mode(text_file):

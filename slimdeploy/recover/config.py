@@ -49,7 +49,7 @@ class RecoverConfig(BaseModel):
     )
     prune: PruneConfig | None = Field(None, description="what to remove while training (loraprune/lorashear)")
     update_every: int = Field(10, ge=1, description="loraprune: steps between mask updates")
-    prune_fraction: float = Field(0.7, gt=0, le=1, description="loraprune: share of steps that prune")
+    prune_fraction: float = Field(0.7, gt=0, le=1, description="loraprune/lorashear: share of steps that prune")
     periods: int = Field(3, ge=1, description="lorashear: number of progressive periods")
 
     @model_validator(mode="after")

@@ -7,7 +7,8 @@ the masked groups are sliced away for real (merge/api.py applies `model.slimdepl
 - LoRAPrune (iterative): every `update_every` steps, recompute the masks from the LoRA-gradient importance
   (EMA over steps) at the sparsity of a cubic schedule s_t = s (1 - (1 - t / T)^3), T = `prune_fraction`
   of the steps; masks only grow.
-- LoRAShear (progressive): `periods` periods; at the start of period p the least salient groups up to
+- LoRAShear (progressive): `periods` periods over the first `prune_fraction` of the steps, then recovery
+  with the final masks; at the start of period p the least salient groups up to
   ratio * (p + 1) / P are chosen and their mask decays linearly to zero over the period while LoRA on the
   kept groups absorbs their knowledge; at the end of each period LoRA is merged into the weights and fresh
   adapters start. Dynamic data adaptor: with several data sources, the sampling weights are re-set at each
@@ -186,19 +187,29 @@ class LoRAPruneIterative(PruneDuringTraining):
 
 
 class LoRAShearProgressive(PruneDuringTraining):
-    def __init__(self, model, pcfg, total_steps: int, periods: int):
+    """Progressive periods over the first `prune_fraction` of the steps, then recovery with the final masks.
+
+    Without the recovery phase the last period's groups reach zero on the very last step and nothing
+    absorbs their loss (measured: 1.9x dense perplexity at 20%); LoRAShear likewise follows its progressive
+    pruning with a knowledge-recovery stage.
+    """
+
+    def __init__(self, model, pcfg, total_steps: int, periods: int, prune_fraction: float = 0.5):
         super().__init__(model, pcfg, total_steps)
         self.periods = periods
-        self.period_len = max(1, total_steps // periods)
+        self.horizon = max(periods, int(prune_fraction * total_steps))
+        self.period_len = max(1, self.horizon // periods)
         self.new_plan: PrunePlan | None = None
 
     def period_of(self, step: int) -> int:
-        return min(self.periods - 1, step // self.period_len)
+        return step // self.period_len
 
     def after_step(self, peft_model, step: int):
         """Returns 'merge' at the end of each period (the loop then merges LoRA and starts fresh adapters)."""
         p, pos = self.period_of(step - 1), (step - 1) % self.period_len + 1
-        if pos == max(1, self.period_len // 10) and p < self.periods:  # saliency after a short warm-up
+        if p >= self.periods:  # recovery phase: masks stay as the last period left them
+            return None
+        if pos == max(1, self.period_len // 10):  # saliency after a short warm-up
             self.new_plan = self.plan_at(self.pcfg.ratio * (p + 1) / self.periods)
         if self.new_plan is not None:
             value = max(0.0, 1 - pos / self.period_len)

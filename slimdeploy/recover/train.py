@@ -58,7 +58,7 @@ def _controller(model, cfg: RecoverConfig, total: int):
     family_of(model)
     if cfg.mode == "loraprune":
         return LoRAPruneIterative(model, cfg.prune, total, cfg.update_every, cfg.prune_fraction)
-    return LoRAShearProgressive(model, cfg.prune, total, cfg.periods)
+    return LoRAShearProgressive(model, cfg.prune, total, cfg.periods, cfg.prune_fraction)
 
 
 def lr_at(step: int, cfg: RecoverConfig) -> float:

@@ -104,9 +104,11 @@ def main() -> int:
                 "seconds": round(time.time() - t0, 1),
             }
             row["x_dense"] = row["recovered_ppl"] / dense
+            if not variant.startswith("oneshot"):
+                row["prune_fraction"] = args.prune_fraction
             rows.append(row)
             print(json.dumps(row), flush=True)
-    extra = {"prune_fraction": args.prune_fraction}
+    extra = {}
     if args.update and Path(args.out).exists():
         redone = set(args.variants.split(","))
         old = json.loads(Path(args.out).read_text())

@@ -153,3 +153,30 @@ def test_unsupported_family_for_pruning():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100))
     with pytest.raises(SlimdeployError, match="supported: llama, mistral, qwen2, qwen3"):
         prune(model, PruneConfig(ratio=0.2, criterion="l2"), None)
+
+
+def test_loraprune_hooks_equal_the_lora_gradient_estimate():
+    """Fresh adapters (B = 0): E = |s (G A^T) A * W| with G the full-weight gradient; the hook version never
+    forms G, so this checks it against autograd."""
+    import math
+
+    from slimdeploy.analyze.adapters import decoder_layers, linears
+    from slimdeploy.score.loraprune import fresh_lora_A, loraprune_maps
+
+    model = build_tiny_model("llama").eval()
+    batch = ids(1, 12)
+    scored = copy.deepcopy(model)
+    maps = loraprune_maps(scored, batch, rank=4, seed=3)
+    assert all(p.requires_grad for p in scored.parameters()) and all(p.grad is None for p in scored.parameters())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
+    gen = torch.Generator().manual_seed(3)
+    for li, layer in enumerate(decoder_layers(model)):
+        for name, lin in linears(layer).items():
+            A = fresh_lora_A(lin.in_features, 4, gen)
+            E = (2.0 * (lin.weight.grad @ A.T) @ A * lin.weight).abs()
+            rows, cols = maps[li][name]
+            torch.testing.assert_close(rows, E.sum(1), rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(cols, E.sum(0), rtol=1e-4, atol=1e-7)
+    assert math.isclose(fresh_lora_A(64, 2, gen).abs().max().item(), 1 / 8, rel_tol=0.2)  # PEFT's bound

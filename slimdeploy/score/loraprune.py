@@ -1,7 +1,7 @@
 """LoRAPrune's criterion (Zhang et al. 2023): importance from LoRA weights and gradients only.
 
-PEFT LoRA adapters are attached to the seven projections with the base weights frozen, so backward computes
-no full-weight gradient (that is where LoRAPrune saves memory against Taylor). Per batch:
+LoRA adapters on the seven projections with the base weights frozen, so backward computes no full-weight
+gradient (that is where LoRAPrune saves memory against Taylor). Per batch:
     G_est = gB A + B gA - gB gA,  E = |G_est * (W + s B A)|
 and E is smoothed with an exponential moving average over batches. When the adapters are fresh (B = 0)
 the estimate reduces to gB A, a random rank-r sketch of the full gradient; during recovery (B != 0) it
@@ -9,6 +9,8 @@ sharpens, which is why the iterative mode of the recovery stage re-scores while 
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -46,28 +48,67 @@ def accumulate_lora_importance(peft_layers: list[dict], ema: list[dict], beta: f
             ema[li][name] = rc if old is None else tuple(beta * o + (1 - beta) * n for o, n in zip(old, rc))
 
 
+def fresh_lora_A(d_in: int, rank: int, generator: torch.Generator) -> torch.Tensor:
+    """PEFT's default init of lora_A (kaiming-uniform with a = sqrt(5): U(-1/sqrt(d_in), 1/sqrt(d_in)))."""
+    bound = 1.0 / math.sqrt(d_in)
+    return (torch.rand(rank, d_in, generator=generator) * 2 - 1) * bound
+
+
 def loraprune_maps(
     model, batches: torch.Tensor, rank: int = 8, beta: float = 0.9, seed: int = 0, progress=None
 ) -> list[dict]:
-    """Per layer and projection: (row sums, column sums) of the importance map, from fresh LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
+    """Per layer and projection: (row sums, column sums) of the importance map of fresh LoRA adapters.
 
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS, lora_dropout=0.0, bias="none")
-    )
+    With fresh adapters (B = 0) the only non-zero LoRA gradient is gB = s * sum_t g_t (A x_t)^T, so
+    G_est = gB A. It is computed from hooks on the frozen model instead of PEFT modules: a forward hook keeps
+    the rank-r projection u = x A^T, a backward hook forms gB from the output gradient. Nothing weight-sized
+    is kept across layers and autograd stores no linear inputs (every weight is frozen): this is the memory
+    LoRAPrune saves against full-weight Taylor (benchmarks/criterion_memory.py). Same result as PEFT adapters
+    with the same A (tests/test_prune_api.py).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    scaling = 2.0  # lora_alpha = 2 * rank, as in recovery
+    layers = [linears(layer) for layer in decoder_layers(model)]
+    ema: list[dict] = [{} for _ in layers]
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    handles, proj = [], {}
+    for li, lins in enumerate(layers):
+        for name, lin in lins.items():
+            A = fresh_lora_A(lin.in_features, rank, gen)
+            handles.append(
+                lin.register_forward_hook(lambda m, i, o, k=(li, name), A=A: proj.__setitem__(k, i[0].detach() @ A.T))
+            )
+            handles.append(
+                lin.register_full_backward_hook(
+                    lambda m, gi, go, k=(li, name), A=A: _update(ema, k, m.weight, A, go[0], proj.pop(k), scaling, beta)
+                )
+            )
+    # every weight is frozen: make the embeddings' output require grad so that backward reaches the hooks
+    emb = model.get_input_embeddings()
+    handles.append(emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)))
     try:
-        base = peft_model.base_model.model
-        layers = [linears(layer) for layer in decoder_layers(base)]
-        ema: list[dict] = [{} for _ in layers]
         for j, row in enumerate(batches):
             ids = row[None]
-            loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
-            loss.backward()
-            accumulate_lora_importance(layers, ema, beta)
-            peft_model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
             if progress:
                 progress(j + 1, len(batches))
     finally:
-        peft_model.unload()  # removes the adapters, leaving the original modules in `model`
+        for h in handles:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
     return ema
+
+
+def _update(ema, key, W, A, grad_out, u, scaling: float, beta: float) -> None:
+    """One moving-average step of E = |gB A * W| for one projection (B = 0: the other LoRA terms vanish)."""
+    li, name = key
+    g = grad_out.reshape(-1, grad_out.shape[-1]).float()
+    gB = scaling * g.T @ u.reshape(-1, u.shape[-1]).float()
+    zeros_B = torch.zeros_like(gB)
+    E = loraprune_map(W.detach().float(), A, zeros_B, torch.zeros_like(A), gB, scaling)
+    rc = row_col_sums(E)
+    old = ema[li].get(name)
+    ema[li][name] = rc if old is None else tuple(beta * o + (1 - beta) * n for o, n in zip(old, rc))

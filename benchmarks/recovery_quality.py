@@ -43,6 +43,9 @@ def main() -> int:
     ap.add_argument("--out", default="benchmarks/results/recovery_quality.json")
     ap.add_argument("--work", default=".cache/recovery_bench")
     ap.add_argument("--prune-fraction", type=float, default=0.7, help="loraprune/lorashear: share of steps that prune")
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--allocation", default="uniform", help="uniform | global (one-shot pruning)")
     ap.add_argument("--update", action="store_true", help="replace only the rows of --variants in --out")
     args = ap.parse_args()
     found = stories260k(args.shared)
@@ -64,7 +67,9 @@ def main() -> int:
     rows = [{"variant": "dense", "ppl": dense, "params": p0}]
     print(json.dumps(rows[0]), flush=True)
     for ratio in [float(r) for r in args.ratios.split(",")]:
-        pcfg = PruneConfig(ratio=ratio, criterion="surgeon", round_to=4, structures=["mlp", "head", "kv"])
+        pcfg = PruneConfig(
+            ratio=ratio, criterion="surgeon", round_to=4, structures=["mlp", "head", "kv"], allocation=args.allocation
+        )
         for variant in args.variants.split(","):
             model = copy.deepcopy(base.model)
             t0 = time.time()
@@ -73,8 +78,8 @@ def main() -> int:
                 tokens=args.tokens,
                 batch_size=8,
                 seq_len=256,
-                lr=2e-3,
-                rank=16,
+                lr=args.lr,
+                rank=args.rank,
                 kd_weight=0.0 if variant == "oneshot-lm" else 0.5,
                 warmup=20,
             )
@@ -104,6 +109,7 @@ def main() -> int:
                 "seconds": round(time.time() - t0, 1),
             }
             row["x_dense"] = row["recovered_ppl"] / dense
+            row.update(rank=args.rank, lr=args.lr, allocation=args.allocation)
             if not variant.startswith("oneshot"):
                 row["prune_fraction"] = args.prune_fraction
             rows.append(row)

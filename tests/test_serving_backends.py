@@ -170,3 +170,25 @@ def test_recipe_bench_stage_on_onnxruntime(pair, tmp_path, capsys):
     bench = json.loads((out / "bench" / "bench.json").read_text())
     assert bench["backend"] == "onnxruntime" and "1" in bench["models"]["candidate"]["vs_baseline"]
     assert not (out / "bench_src").exists() and not (out / "bench_runtime").exists()
+
+
+def test_busy_port_refused_before_loading(pair, tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        args = [
+            "bench",
+            "run",
+            str(pair[1]),
+            "--baseline",
+            str(pair[0]),
+            "--backend",
+            "vllm-server",
+            "--port",
+            str(port - 1),
+        ]
+        code, _, err = run_cli([*args, "--out", str(tmp_path / "b")], capsys)
+    if "not installed" in err:
+        pytest.skip("vLLM not installed")
+    assert code == 1 and "on 127.0.0.1 is in use" in err and not (tmp_path / "b").exists()

@@ -128,6 +128,11 @@ def bench_backend(
     check_backend(backend)
     if backend in ("onnxruntime", "ort-genai") and cfg.dtype == "bf16":
         raise SlimdeployError(f"the {backend} backend runs fp32 (or fp16 for onnxruntime) on CPU; pass --dtype fp32")
+    if backend == "vllm-server":  # refuse a busy port before any model loads
+        from slimdeploy.serve.openai_server import check_port_free
+
+        for i in range(len(sources)):
+            check_port_free(port + i)
     facts = {name: source_facts(path, cfg.dtype) for name, path in sources.items()}
     vocab = min(f.pop("vocab_size") for f in facts.values())
     max_len = cfg.input_len + cfg.output_len + 16

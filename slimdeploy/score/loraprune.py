@@ -15,7 +15,7 @@ import math
 import torch
 
 from slimdeploy.analyze.adapters import decoder_layers, linears
-from slimdeploy.score.criteria import loraprune_map, row_col_sums
+from slimdeploy.score.criteria import fresh_lora_sums, loraprune_map, row_col_sums
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -107,8 +107,6 @@ def _update(ema, key, W, A, grad_out, u, scaling: float, beta: float) -> None:
     li, name = key
     g = grad_out.reshape(-1, grad_out.shape[-1]).float()
     gB = scaling * g.T @ u.reshape(-1, u.shape[-1]).float()
-    zeros_B = torch.zeros_like(gB)
-    E = loraprune_map(W.detach().float(), A, zeros_B, torch.zeros_like(A), gB, scaling)
-    rc = row_col_sums(E)
+    rc = fresh_lora_sums(W.detach().float(), A, gB)
     old = ema[li].get(name)
     ema[li][name] = rc if old is None else tuple(beta * o + (1 - beta) * n for o, n in zip(old, rc))

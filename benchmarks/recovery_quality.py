@@ -46,6 +46,8 @@ def main() -> int:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--allocation", default="uniform", help="uniform | global (one-shot pruning)")
+    ap.add_argument("--batch", type=int, default=8, help="sequences of 256 tokens per step")
+    ap.add_argument("--shots", type=int, default=1, help="surgeon shots of the one-shot pruning")
     ap.add_argument("--update", action="store_true", help="replace only the rows of --variants in --out")
     args = ap.parse_args()
     found = stories260k(args.shared)
@@ -68,7 +70,12 @@ def main() -> int:
     print(json.dumps(rows[0]), flush=True)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         pcfg = PruneConfig(
-            ratio=ratio, criterion="surgeon", round_to=4, structures=["mlp", "head", "kv"], allocation=args.allocation
+            ratio=ratio,
+            criterion="surgeon",
+            round_to=4,
+            structures=["mlp", "head", "kv"],
+            allocation=args.allocation,
+            shots=args.shots,
         )
         for variant in args.variants.split(","):
             model = copy.deepcopy(base.model)
@@ -76,7 +83,7 @@ def main() -> int:
             common = dict(
                 data=str(train_file),
                 tokens=args.tokens,
-                batch_size=8,
+                batch_size=args.batch,
                 seq_len=256,
                 lr=args.lr,
                 rank=args.rank,
@@ -109,7 +116,7 @@ def main() -> int:
                 "seconds": round(time.time() - t0, 1),
             }
             row["x_dense"] = row["recovered_ppl"] / dense
-            row.update(rank=args.rank, lr=args.lr, allocation=args.allocation)
+            row.update(rank=args.rank, lr=args.lr, batch=args.batch, allocation=args.allocation, shots=args.shots)
             if not variant.startswith("oneshot"):
                 row["prune_fraction"] = args.prune_fraction
             rows.append(row)

@@ -85,6 +85,7 @@ def test_bench_report_schema_and_ideal(bench_report):
     assert r["peak_rss_bytes"] > 0
     md = (bench_report.parent / "bench.md").read_text()
     assert md.count("| candidate | 1 |") == 1 and md.count("| candidate | 2 |") == 1  # one row per concurrency
+    assert (bench_report.parent / "bench.png").stat().st_size > 0 and "(bench.png)" in md
     assert "KV bytes/token" in md and "ideal (weight bytes)" in md and "weight memory saved" in md
 
 
@@ -103,6 +104,32 @@ def test_gate_passes_itself_and_fails_a_slowdown(bench_report, capsys):
     assert code == 1 and "FAIL" in out
     code, out, _ = run_cli(["bench", "check", str(bench_report), "--against", str(bench_report)], capsys)
     assert code == 0 and "pass" in out
+
+
+def test_live_gate_candidate_against_baseline(bench_report, tmp_path, capsys, monkeypatch):
+    """`bench run --max-slowdown`: the candidate gated against the baseline measured in the same run."""
+    import slimdeploy.serve.bench as bench_mod
+
+    measured = json.loads(bench_report.read_text())
+    slow = copy.deepcopy(measured)
+    for c, v in slow["models"]["candidate"]["concurrency"].items():
+        base = slow["models"]["baseline"]["concurrency"][c]
+        v["output_tok_s"]["median"] = 0.5 * base["output_tok_s"]["median"]
+        v["tpot_s"]["p50"]["median"] = 2.0 * base["tpot_s"]["p50"]["median"]
+    assert len(check(slow, slow, 0.05, "candidate", "baseline")) == 4  # 2 levels x (throughput, TPOT)
+    assert check(slow, slow, 0.05, "baseline", "baseline") == []
+
+    monkeypatch.setattr(bench_mod, "bench_torch", lambda models, cfg, progress=None: copy.deepcopy(slow))
+    src = bench_report.parent.parent
+    args = ["bench", "run", str(src / "cand"), "--baseline", str(src / "base"), "--input-len", "8"]
+    args += ["--output-len", "4", "--concurrency", "1,2", "--repeats", "2", "--max-slowdown", "5%"]
+    code, out, _ = run_cli([*args, "--out", str(tmp_path / "g")], capsys)
+    saved = json.loads((tmp_path / "g" / "bench.json").read_text())
+    assert code == 1 and "live gate (candidate vs baseline): FAIL" in out
+    assert saved["gate"]["pass"] is False and len(saved["gate"]["problems"]) == 4
+    assert "live gate" in (tmp_path / "g" / "bench.md").read_text()
+    code, _, err = run_cli([*args[:3], "--max-slowdown", "lots", "--out", str(tmp_path / "h")], capsys)
+    assert code == 1 and "'lots' is not a number" in err and not (tmp_path / "h").exists()
 
 
 def test_gate_refuses_incomparable_reports(bench_report):

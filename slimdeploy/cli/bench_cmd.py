@@ -26,13 +26,18 @@ def run_cmd(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (what the backend supports)")] = "fp32",
     port: Annotated[int, typer.Option(help="vllm-server: first port on 127.0.0.1 (baseline; candidate +1).")] = 8000,
     threads: Annotated[Optional[int], typer.Option(help="torch/onnx workers: intra-op threads.")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write bench.json and bench.md.")] = Path("bench-out"),
+    out: Annotated[Path, typer.Option(help="Where to write bench.json, bench.md and bench.png.")] = Path("bench-out"),
+    max_slowdown: Annotated[
+        Optional[str], typer.Option(help="Live gate: exit 1 when the candidate is slower than the baseline by more.")
+    ] = None,
 ) -> None:
     """Baseline and candidate, interleaved in one invocation; ratios next to the ideal from weight bytes."""
     from slimdeploy.serve.backends import check_backend
     from slimdeploy.serve.bench import BenchConfig
+    from slimdeploy.serve.gate import check, parse_fraction
     from slimdeploy.serve.report import write_bench
 
+    allowed = parse_fraction(max_slowdown) if max_slowdown is not None else None  # bad threshold: before loading
     check_backend(backend)
     levels = [int(c) for c in concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1:
@@ -44,6 +49,10 @@ def run_cmd(
     with progress_bar("benchmark") as update:
         report = _measure(sources, backend, cfg, update, port, threads, out)
     report["sources"] = {"baseline": baseline or "slimdeploy-demo", "candidate": candidate}
+    problems = []
+    if allowed is not None and not report.get("partial"):
+        problems = check(report, report, allowed, "candidate", "baseline")
+        report["gate"] = {"max_slowdown": allowed, "pass": not problems, "problems": problems}
     write_bench(report, out)
     if report.get("partial"):
         raise SlimdeployError(f"the run stopped early: {report['error']} (partial results in {out}/bench.json)")
@@ -57,9 +66,15 @@ def run_cmd(
                     f"concurrency {c}: decode speedup {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x, "
                     f"{v['fraction_of_ideal']:.0%} of ideal), throughput {v['throughput_speedup']:.2f}x"
                 )
-        print(f"written to {out}/bench.json and bench.md")
+        print(f"written to {out}/bench.json, bench.md and bench.png")
+        if r.get("gate"):
+            print("live gate (candidate vs baseline): " + ("pass" if r["gate"]["pass"] else "FAIL"))
+            for p in r["gate"]["problems"]:
+                print(f"  {p}")
 
     emit(report, human)
+    if problems:
+        raise typer.Exit(1)
 
 
 def _measure(sources: dict, backend: str, cfg, update, port: int, threads, out: Path) -> dict:

@@ -13,14 +13,23 @@ from slimdeploy.errors import SlimdeployError
 
 def parse_fraction(text: str) -> float:
     t = text.strip()
-    value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise SlimdeployError(
+            f"threshold {text!r} is not a number; give a percentage such as 5% or a fraction such as 0.05"
+        ) from None
     if not 0 <= value < 1:
         raise SlimdeployError(f"threshold {text!r} must be between 0% and 100%")
     return value
 
 
-def check(report: dict, reference: dict, max_slowdown: float, model: str | None = None) -> list[str]:
-    """Violations (empty = pass). `model` picks the report's model to gate (default: the last, the candidate)."""
+def check(
+    report: dict, reference: dict, max_slowdown: float, model: str | None = None, ref_model: str | None = None
+) -> list[str]:
+    """Violations (empty = pass). `model` picks the report's model to gate (default: the last, the candidate);
+    `ref_model` the reference's (default: the same name, else its last). Live gating of two models measured in
+    one run passes the same report twice: model="candidate", ref_model="baseline"."""
     for key in ("backend",):
         if report.get(key) != reference.get(key):
             raise SlimdeployError(f"reports differ in {key}: {report.get(key)} vs {reference.get(key)}")
@@ -28,7 +37,7 @@ def check(report: dict, reference: dict, max_slowdown: float, model: str | None 
         if report["config"][key] != reference["config"][key]:
             raise SlimdeployError(f"reports differ in {key}; re-run the reference with the same settings")
     name = model or list(report["models"])[-1]
-    ref_name = model if model in reference["models"] else list(reference["models"])[-1]
+    ref_name = ref_model or (model if model in reference["models"] else list(reference["models"])[-1])
     got, ref = report["models"][name]["concurrency"], reference["models"][ref_name]["concurrency"]
     problems = []
     for c, r in ref.items():

@@ -1,4 +1,4 @@
-"""bench.json and bench.md (with a throughput plot) from a bench report."""
+"""bench.json, bench.md and bench.png (throughput, TPOT and speedup against the ideal) from a bench report."""
 
 from __future__ import annotations
 
@@ -56,4 +56,44 @@ def write_bench(report: dict, out: Path) -> None:
                     f"{v['fraction_of_ideal']:.0%} | {v['throughput_speedup']:.2f}x |"
                 )
         lines.append(f"\nweight memory saved: {cand['weight_memory_saved']:.1%}")
+    gate = report.get("gate")
+    if gate:
+        lines.append(
+            f"\nlive gate (candidate vs baseline, max slowdown {gate['max_slowdown']:.0%}): "
+            + ("pass" if gate["pass"] else "FAIL: " + "; ".join(gate["problems"]))
+        )
+    lines.append("\n![throughput, TPOT and speedup](bench.png)")
     (out / "bench.md").write_text("\n".join(lines) + "\n")
+    plot_bench(report, out / "bench.png")
+
+
+def plot_bench(report: dict, path: Path) -> None:
+    """Per concurrency: output tok/s and TPOT p50 (median over repeats) per model, and the candidate's decode
+    speedup next to the ideal from weight bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; the bench may run on a headless CI box
+    import matplotlib.pyplot as plt
+
+    models = report["models"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for name, m in models.items():
+        levels = [int(c) for c in m.get("concurrency", {})]
+        conc = m.get("concurrency", {}).values()
+        axes[0].plot(levels, [v["output_tok_s"]["median"] for v in conc], marker="o", label=name)
+        axes[1].plot(levels, [v["tpot_s"]["p50"]["median"] * 1e3 for v in conc], marker="o", label=name)
+    vs = {c: v for c, v in models.get("candidate", {}).get("vs_baseline", {}).items() if isinstance(v, dict)}
+    if vs:
+        levels = [int(c) for c in vs]
+        axes[2].plot(levels, [v["decode_speedup"] for v in vs.values()], marker="o", label="measured")
+        axes[2].plot(levels, [v["ideal_speedup"] for v in vs.values()], linestyle="--", label="ideal (weight bytes)")
+        axes[2].legend()
+    for ax, label in zip(axes, ("output tokens/s", "TPOT p50 (ms)", "decode speedup (x)")):
+        ax.set_xlabel("concurrency")
+        ax.set_ylabel(label)
+    axes[0].legend()
+    title = f"slimdeploy bench ({report['backend']}, {report['config']['dtype']})"
+    fig.suptitle(title + (" - PARTIAL" if report.get("partial") else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

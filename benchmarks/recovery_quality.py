@@ -49,7 +49,15 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=8e-3)
     ap.add_argument("--allocation", default="uniform", help="uniform | global (one-shot pruning)")
     ap.add_argument("--batch", type=int, default=4, help="sequences of 256 tokens per step")
+    ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the loss for the distilling variants")
     ap.add_argument("--shots", type=int, default=1, help="surgeon shots of the one-shot pruning")
+    ap.add_argument(
+        "--recovery-share",
+        type=float,
+        default=0.8,
+        help="recover on this leading share of the text; below 0.8 the rest up to 0.8 is a validation slice "
+        "for choosing settings without looking at the test slice (the last 20%)",
+    )
     ap.add_argument("--update", action="store_true", help="replace only the rows of --variants in --out")
     args = ap.parse_args()
     found = stories260k(args.shared)
@@ -62,13 +70,17 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_file = work / "recovery.txt"
-    train_file.write_text(content[:cut])
-    calib = calibration_batches(token_stream(base.tokenizer, [content[:cut]]), 32, 256, seed=0)
+    rcut = int(len(content) * min(args.recovery_share, 0.8))
+    train_file.write_text(content[:rcut])
+    calib = calibration_batches(token_stream(base.tokenizer, [content[:rcut]]), 32, 256, seed=0)
     evals = token_stream(base.tokenizer, [content[cut:]])
+    val = token_stream(base.tokenizer, [content[rcut:cut]]) if rcut < cut else None
     proto = PerplexityProtocol(512, 256)
     p0 = sum(p.numel() for p in base.model.parameters())
     dense = perplexity(base.model, evals, proto)["ppl"]
     rows = [{"variant": "dense", "ppl": dense, "params": p0}]
+    if val is not None:
+        rows[0]["val_ppl"] = perplexity(base.model, val, proto)["ppl"]
     print(json.dumps(rows[0]), flush=True)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         pcfg = PruneConfig(
@@ -89,7 +101,7 @@ def main() -> int:
                 seq_len=256,
                 lr=args.lr,
                 rank=args.rank,
-                kd_weight=0.0 if variant == "oneshot-lm" else 0.5,
+                kd_weight=0.0 if variant == "oneshot-lm" else args.kd_weight,
                 warmup=20,
             )
             pruned_ppl = None
@@ -118,7 +130,17 @@ def main() -> int:
                 "seconds": round(time.time() - t0, 1),
             }
             row["x_dense"] = row["recovered_ppl"] / dense
-            row.update(rank=args.rank, lr=args.lr, batch=args.batch, allocation=args.allocation, shots=args.shots)
+            if val is not None:
+                row["val_ppl"] = perplexity(merged, val, proto)["ppl"]
+                row["recovery_share"] = args.recovery_share
+            row.update(
+                kd_weight=common["kd_weight"],
+                rank=args.rank,
+                lr=args.lr,
+                batch=args.batch,
+                allocation=args.allocation,
+                shots=args.shots,
+            )
             if not variant.startswith("oneshot"):
                 row["prune_fraction"] = args.prune_fraction
             rows.append(row)

@@ -18,6 +18,19 @@ def test_recipes_exist():
     assert RECIPE_FILES, "no recipe found under recipes/"
 
 
+def test_wheels_carry_every_builtin_recipe():
+    """Wheels install recipes/ through pyproject data-files (<prefix>/share/slimdeploy/recipes), flat: the globs
+    must match every built-in recipe, or `--recipe NAME` would work from a checkout and fail after pip install."""
+    import fnmatch
+    import tomllib
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    globs = data_files["share/slimdeploy/recipes"]
+    for path in builtin_recipes().values():
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel.count("/") == 1 and any(fnmatch.fnmatchcase(rel, g) for g in globs), rel
+
+
 @pytest.mark.parametrize("path", RECIPE_FILES, ids=lambda p: p.stem)
 def test_recipe_validates(path):
     recipe, _ = load_recipe(str(path))

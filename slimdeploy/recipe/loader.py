@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -14,8 +15,11 @@ from slimdeploy.recipe.schema import Recipe, check_order
 
 
 def builtin_dir() -> Path:
-    """recipes/ beside the package (source checkout or editable install)."""
-    return Path(__file__).resolve().parents[2] / "recipes"
+    """recipes/ beside the package (source checkout or editable install), else where a wheel put it."""
+    beside = Path(__file__).resolve().parents[2] / "recipes"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "slimdeploy" / "recipes"
 
 
 def builtin_recipes() -> dict[str, Path]:

@@ -92,23 +92,8 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
             "#dd8452",
         )
     benches = [s for s in stages if s["kind"] == "bench"]
-    if benches:
-        b = benches[-1]
-        levels = list(b["output_tok_s"]["baseline"])
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        for ax, key, label in ((axes[0], "output_tok_s", "output tokens/s"), (axes[1], "tpot_ms", "TPOT p50 (ms)")):
-            for j, name in enumerate(("baseline", "candidate")):
-                ax.bar(
-                    [k + 0.4 * j for k in range(len(levels))], [b[key][name][c] for c in levels], width=0.4, label=name
-                )
-            ax.set_xticks([k + 0.2 for k in range(len(levels))], [f"conc. {c}" for c in levels])
-            ax.set_ylabel(label)
-        axes[0].legend()
-        fig.suptitle("serving (PyTorch backend): baseline vs compressed")
-        fig.tight_layout()
-        fig.savefig(out / "plots" / "latency_throughput.png", dpi=110)
-        plt.close(fig)
-        files.append("plots/latency_throughput.png")
+    if benches:  # the serving plot is drawn by the bench stage itself (write_bench), next to its bench.json
+        files.append(str(Path(benches[-1]["path"]).with_name("bench.png")))
     return files
 
 
@@ -189,7 +174,7 @@ def _artifact_line(s: dict) -> str:
         for c, v in s["vs_baseline"].items()
         if isinstance(v, dict)
     ]
-    return f"- bench (`{s['path']}`, PyTorch backend): " + "; ".join(parts)
+    return f"- bench (`{s['path']}`, {s['backend']} backend): " + "; ".join(parts)
 
 
 def _per_layer(out: Path) -> bool:

@@ -78,10 +78,10 @@ def plot_bench(report: dict, path: Path) -> None:
     models = report["models"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for name, m in models.items():
-        levels = [int(c) for c in m.get("concurrency", {})]
-        conc = m.get("concurrency", {}).values()
-        axes[0].plot(levels, [v["output_tok_s"]["median"] for v in conc], marker="o", label=name)
-        axes[1].plot(levels, [v["tpot_s"]["p50"]["median"] * 1e3 for v in conc], marker="o", label=name)
+        conc = m.get("concurrency", {})  # a partial report may lack a model's levels
+        levels = [int(c) for c in conc]
+        axes[0].plot(levels, [v["output_tok_s"]["median"] for v in conc.values()], marker="o", label=name)
+        axes[1].plot(levels, [v["tpot_s"]["p50"]["median"] * 1e3 for v in conc.values()], marker="o", label=name)
     vs = {c: v for c, v in models.get("candidate", {}).get("vs_baseline", {}).items() if isinstance(v, dict)}
     if vs:
         levels = [int(c) for c in vs]

@@ -52,8 +52,25 @@ app.add_typer(bench_cmd.app, name="bench")
 app.add_typer(zoo_cmd.app, name="zoo")
 
 
+def _is_click_error(exc: Exception) -> bool:
+    """click's ClickException, or typer's vendored copy of it (typer >= 0.2x ships its own click)."""
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "format_message")
+
+
+GLOBAL_FLAGS = ("--json", "--quiet", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """`slimdeploy eval --json` means the same as `slimdeploy --json eval`: global flags may follow the
+    sub-command (none of our options takes them as a value), but click only reads them before it."""
+    flags = [a for a in argv if a in GLOBAL_FLAGS]
+    return [*dict.fromkeys(flags), *(a for a in argv if a not in GLOBAL_FLAGS)]
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
+    if "--" not in sys.argv:
+        sys.argv[1:] = hoist_global_flags(sys.argv[1:])
     try:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
@@ -64,17 +81,18 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (typer.Abort, KeyboardInterrupt):
+        print(
+            "interrupted: nothing half-written was kept (outputs appear only when complete); run the same "
+            "command again to start over (compress continues after its last finished stage)",
+            file=sys.stderr,
+        )
         sys.exit(130)
     except Exception as exc:  # click usage errors and anything unexpected: still one line
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+        if _is_click_error(exc):  # usage errors: one line too, with where to look
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print(f"error: {' '.join(exc.format_message().split())}{hint}", file=sys.stderr)
             sys.exit(exc.exit_code)
         if FLAGS.debug:
             raise

@@ -25,14 +25,14 @@ def eval_cmd(
     data: Annotated[
         Optional[str], typer.Option("--data", "-d", help=".txt, .jsonl or hf:NAME:SPLIT (default: demo held-out split)")
     ] = None,
-    context_length: Annotated[Optional[int], typer.Option(help="Window length (default min(512, model max)).")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="Window step (default context_length // 2).")] = None,
+    context_length: Annotated[Optional[int], typer.Option(min=2, help="Window (default: min(512, model max)).")] = None,
+    stride: Annotated[Optional[int], typer.Option(min=1, help="Window step (default context_length // 2).")] = None,
     boundary: Annotated[str, typer.Option(help="Document boundary: bos (BOS before each) | eos | none.")] = "bos",
     doc_split: Annotated[
         str, typer.Option(help="Text files: none (one document) | blank-line (paragraph = document).")
     ] = "none",
-    max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the stream.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score the first N tokens only.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     dtype: DtypeOpt = "fp32",
     trust_remote_code: TrustOpt = False,
 ) -> None:
@@ -149,8 +149,6 @@ def prune_cmd(
         ),
         "prune",
     )
-    if out.exists() and not force:
-        raise SlimdeployError(f"output {out} already exists; choose another path or pass --force")
     with progress_bar(f"pruning ({criterion})") as update:
         report = prune_to_dir(model, config, out, force, trust_remote_code, update)
     emit(
@@ -179,12 +177,18 @@ def compress_cmd(
 
     data_sets = [f"{k}.data={data}" for k in sorted(stage_kinds(recipe) & {"prune", "recover", "eval"})] if data else []
     rec, path = load_recipe(recipe, data_sets + list(set_ or []))
+    from slimdeploy.pipeline.preflight import preflight
+
+    out = out or Path("runs") / rec.name
+    facts = preflight(rec, model or rec.model, out, force)  # model, data, output, exports: before any work
     if dry_run:
-        emit({"recipe": str(path), "resolved": rec.model_dump(mode="json")}, lambda r: print(dump_recipe(rec)))
+        emit(
+            {"recipe": str(path), "resolved": rec.model_dump(mode="json"), "preflight": facts},
+            lambda r: print(dump_recipe(rec)),
+        )
         return
     from slimdeploy.pipeline.runner import run
 
-    out = out or Path("runs") / rec.name
     report = run(rec, model, out, force, trust_remote_code, progress_factory=progress_bar, log=info)
     s = report["summary"]
     ppl = ", ".join(f"{k} {v:.3f}" for k, v in s["perplexity"].items())
@@ -202,13 +206,15 @@ def export_cmd(
     format: Annotated[str, typer.Option("--format", "-f", help="vllm | onnx | ort-genai")] = "vllm",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")] = None,
     dtype: Annotated[str, typer.Option(help="onnx: fp32 | fp16 | bf16; ort-genai: fp32 | fp16 | int4.")] = "fp32",
-    tp_size: Annotated[int, typer.Option(help="Report tensor-parallel readiness for this size.")] = 1,
+    tp_size: Annotated[int, typer.Option(min=1, help="Report tensor-parallel readiness for this size.")] = 1,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip loading the export in its runtime.")] = False,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
 ) -> None:
     """Export for vLLM, onnxruntime (plain ONNX with KV cache) or onnxruntime-genai, verified by loading it."""
     if format not in ("vllm", "onnx", "ort-genai"):
         raise SlimdeployError(f"unknown export format {format!r}; choose vllm, onnx or ort-genai")
+    if not model_dir.is_dir():
+        raise SlimdeployError(f"{model_dir} is not a model directory; pass the folder compress or prune wrote")
     if format == "vllm" and dtype != "fp32":
         raise SlimdeployError("--dtype applies to onnx and ort-genai; vLLM picks its dtype when serving (--dtype)")
     out = out or model_dir.parent / f"{model_dir.name}-{format}"

@@ -18,8 +18,8 @@ def train_demo_cmd(
     work_dir: Annotated[Path, typer.Option(help="Tokenizer, packed data and resumable checkpoints.")] = Path(
         ".cache/demo_work"
     ),
-    steps: Annotated[int, typer.Option(help="Optimizer steps (the shipped model used the default).")] = 1300,
-    threads: Annotated[int, typer.Option(help="torch threads (0: torch's default).")] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps (the shipped model used the default).")] = 1300,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: torch's default).")] = 0,
 ) -> None:
     """Train the byte-level BPE tokenizer and the Llama demo model on the stdlib corpus (resumable)."""
     from slimdeploy.errors import SlimdeployError

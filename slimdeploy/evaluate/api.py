@@ -12,6 +12,10 @@ def default_protocol(
     model, context_length: int | None = None, stride: int | None = None, boundary: str = "bos", doc_split: str = "none"
 ) -> PerplexityProtocol:
     max_pos = getattr(model.config, "max_position_embeddings", None) or 512
+    if context_length is not None and context_length < 2:
+        raise SlimdeployError(f"--context-length {context_length}: give at least 2 tokens")
+    if stride is not None and stride < 1:
+        raise SlimdeployError(f"--stride {stride}: give 1 or more")
     ctx = context_length or min(512, max_pos)
     if ctx > max_pos:
         raise SlimdeployError(f"--context-length {ctx} exceeds the model's max_position_embeddings {max_pos}")
@@ -29,7 +33,9 @@ def evaluate_loaded(
 ) -> dict:
     """Perplexity of an in-memory model on a text source (None: the demo corpus' held-out split)."""
     from slimdeploy.load.data import load_texts, split_documents, token_stream
+    from slimdeploy.load.model import require_tokenizer
 
+    require_tokenizer(tokenizer, "eval stage (perplexity)")
     source = load_texts(data, split="eval")
     protocol = default_protocol(model, **protocol_args)
     docs = split_documents(source.docs, protocol.doc_split) if source.kind == "text" else source.docs

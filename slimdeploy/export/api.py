@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.feasibility import FORMATS, check_exportable
+from slimdeploy.utils.fs import check_output, output_lock
+
+
+def read_config(model_dir: Path) -> dict:
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise SlimdeployError(f"{model_dir} is not a model directory (no config.json); pass a model folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SlimdeployError(f"{cfg_path} is not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(config, dict):
+        raise SlimdeployError(f"{cfg_path} is not a JSON object; re-export the model")
+    return config
 
 
 def run_export(model_dir: Path, out: Path, format: str, dtype: str, tp_size: int, verify: bool, force: bool) -> dict:
-    """One entry for every exporter (the CLI and the recipe's export stage)."""
+    """Refuse what the format cannot represent before anything loads, then hand over to the exporter."""
+    if format not in FORMATS:
+        raise SlimdeployError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if tp_size < 1:
+        raise SlimdeployError(f"--tp-size {tp_size}: give a tensor-parallel size of 1 or more")
+    check_output(out, force, [model_dir])
+    check_exportable(read_config(model_dir), format, dtype, verify)
+    with output_lock(out):  # a second export to the same place fails now, before loading
+        return _export(model_dir, out, format, dtype, tp_size, verify, force)
+
+
+def _export(model_dir: Path, out: Path, format: str, dtype: str, tp_size: int, verify: bool, force: bool) -> dict:
     if format == "vllm":
         from slimdeploy.export.vllm import export_vllm
 

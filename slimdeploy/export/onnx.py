@@ -23,7 +23,7 @@ import torch
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.vllm import check_supported
-from slimdeploy.prune.io import atomic_dir
+from slimdeploy.utils.fs import atomic_dir
 
 # max |onnxruntime - transformers| on logits: |diff| <= ATOL + RTOL * |ref|
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 1e-2), "bf16": (2e-1, 5e-2)}
@@ -176,7 +176,7 @@ def export_onnx(
         "per_layer_widths": "slimdeploy_layer_widths" in config,
         "dtype": dtype,
     }
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [model_dir], what="export") as tmp:
         t0 = time.perf_counter()
         try:
             io = export_graph(wrapper, tmp / "model.onnx", DTYPES[dtype])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.vllm import check_supported, tp_readiness
-from slimdeploy.prune.io import atomic_dir
+from slimdeploy.utils.fs import atomic_dir
 
 
 def ort_genai_greedy(package: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
@@ -58,7 +58,7 @@ def export_ort_genai(
         "precision": precision,
         "tensor_parallel": tp_readiness(config, tp_size),
     }
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [model_dir], what="export") as tmp:
         cmd = [
             sys.executable,
             "-m",

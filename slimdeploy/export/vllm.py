@@ -15,7 +15,8 @@ from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.nemotron_nas import to_nemotron_nas
-from slimdeploy.prune.io import atomic_dir
+from slimdeploy.utils.fs import atomic_dir
+from slimdeploy.utils.trust import remote_code_allowed
 
 VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 DECILM_CODE = Path(__file__).parent / "decilm"
@@ -82,7 +83,7 @@ def export_vllm(
     report["tensor_parallel"] = tp_readiness(config, tp_size)
     report["head_dim"] = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     report["cpu_attention_ok"] = report["head_dim"] >= 32  # vLLM's CPU attention rejects small head sizes
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, [model_dir], what="export") as tmp:
         if per_layer:
             write_nemotron_nas(tmp, config, state)
         else:
@@ -118,7 +119,8 @@ def check_reload(export_dir: Path, loaded, atol: float = 1e-5) -> dict:
 
     from slimdeploy.export.verify import default_prompts
 
-    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, dtype=torch.float32).eval()
+    trusted = remote_code_allowed(export_dir)  # the code we just copied in: byte-identical to ours
+    model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=trusted, dtype=torch.float32).eval()
     worst = 0.0
     with torch.no_grad():
         for prompt in default_prompts(loaded.tokenizer):
@@ -145,7 +147,7 @@ def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
         n_tokens,
         dtype="float32",
         max_model_len=min(512, loaded.model.config.max_position_embeddings),
-        trust_remote_code=(export_dir / "modeling_decilm.py").exists(),  # our own code, written by this export
+        trust_remote_code=remote_code_allowed(export_dir),  # our own code, written by this export (hash-checked)
     )
     ref = hf_greedy(loaded.model, prompts, n_tokens)
     result = {

@@ -66,6 +66,19 @@ def tolerant_gguf_reader(dropped: list[str]):
             pkg.read_gguf_metadata = saved_pkg
 
 
+def drop_quantizer_state(model) -> None:
+    """transformers dequantizes GGUF tensors into plain weights but keeps a GGUF quantizer on the model, which
+    makes save_pretrained refuse. The weights are ordinary tensors: forget the quantizer so every stage
+    that writes (prune, compress, export) works from GGUF input."""
+    model.hf_quantizer = None
+    for obj in (model, getattr(model, "model", None)):
+        if obj is not None and getattr(obj, "is_quantized", False):
+            obj.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.slimdeploy_dequantized_from = "gguf"
+
+
 def load_gguf(path: Path, dtype, with_tokenizer: bool = True):
     """A GGUF file as a transformers model (dequantized to `dtype`) and its tokenizer."""
     import torch
@@ -80,8 +93,10 @@ def load_gguf(path: Path, dtype, with_tokenizer: bool = True):
 
     where, name = str(path.parent), path.name
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     try:
-        hf_logging.set_verbosity_error()  # the out-of-range id is reported once, by us, in the result
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # its dequantization bar would break one-line errors on stderr
         with tolerant_gguf_reader(dropped):
             config = AutoConfig.from_pretrained(where, gguf_file=name)
             for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # the config reads ids on its own
@@ -91,11 +106,19 @@ def load_gguf(path: Path, dtype, with_tokenizer: bool = True):
                     dropped.append(key)
             model = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, config=config, dtype=td)
             tok = AutoTokenizer.from_pretrained(where, gguf_file=name) if with_tokenizer else None
-    except (ValueError, KeyError, OSError, RuntimeError, AssertionError, IndexError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SlimdeployError(f"cannot load GGUF file {path}: {first}") from None
+    except SlimdeployError:
+        raise
+    except Exception as exc:  # gguf and transformers raise many types (struct.error on truncated headers)
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise SlimdeployError(
+            f"cannot load GGUF file {path} ({first}); check that the file is complete and its architecture "
+            "and quantization type are ones transformers reads"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    drop_quantizer_state(model)
     model.eval()
     model.slimdeploy_gguf_dropped = sorted(set(dropped))
     return Loaded(model=model, tokenizer=tok, source=str(path), kind="gguf")

@@ -58,7 +58,14 @@ def resolve_source(spec: str | None) -> tuple[str, str]:
         if not (path / "config.json").exists():
             raise SlimdeployError(f"{spec} is not a model directory (no config.json); pass a Hugging Face model folder")
         return "dir", str(path)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep + os.sep in spec
+    parent = path.parent
+    looks_like_path = (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or os.sep + os.sep in spec
+        or (str(parent) not in ("", ".") and parent.exists())
+        or spec.endswith((".gguf", ".safetensors", ".json"))
+    )
     if looks_like_path or not spec.strip():
         raise SlimdeployError(f"model path {spec} does not exist; pass an existing directory, .gguf file or hub id")
     return "hub", spec
@@ -84,7 +91,13 @@ def _check_safetensors(path: Path) -> None:
     from safetensors import safe_open
 
     shards = sorted(path.glob("*.safetensors"))
-    if not shards and not list(path.glob("*.bin")):
+    if not shards and (list(path.glob("*.bin")) or list(path.glob("*.pt")) or list(path.glob("*.pth"))):
+        raise SlimdeployError(
+            f"{path} holds only pickle weights (*.bin), which slimdeploy does not load (a pickle can run code); "
+            "convert it once in a trusted environment: AutoModelForCausalLM.from_pretrained(DIR)"
+            ".save_pretrained(NEW_DIR, safe_serialization=True)"
+        )
+    if not shards:
         raise SlimdeployError(f"{path} has a config.json but no weights (*.safetensors); re-export the model")
     for shard in shards:
         try:
@@ -104,7 +117,11 @@ def load_model(
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
 ) -> Loaded:
-    """Load a causal LM (and tokenizer) from a directory, hub id, .gguf file or the embedded demo (None)."""
+    """Load a causal LM (and tokenizer) from a directory, hub id, .gguf file or the embedded demo (None).
+
+    Refuses what would load silently wrong: missing or unexpected weights, non-finite weights, pickle-only
+    folders, foreign Python code without the flag. A folder without tokenizer files loads with tokenizer
+    None: stages that need text say so (`require_tokenizer`)."""
     if spec is not None and spec.startswith("shape:"):
         from slimdeploy.zoo.shapes import shape_model
 
@@ -122,43 +139,103 @@ def load_model(
         _check_config(path)
         _check_safetensors(path)
         from slimdeploy.prune.io import load_per_layer, load_record
+        from slimdeploy.utils.trust import remote_code_allowed
 
+        kwargs["trust_remote_code"] = remote_code_allowed(path, trust_remote_code)
         if "slimdeploy_layer_widths" in json.loads((path / "config.json").read_text()):
             model = load_per_layer(path, td)
-            tok = AutoTokenizer.from_pretrained(location) if with_tokenizer else None
+            tok = _tokenizer(AutoTokenizer, location, {}) if with_tokenizer else None
             loaded = Loaded(model=model, tokenizer=tok, source=location, kind=kind)
         else:
             loaded = _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
+        check_finite(loaded.model, location)
         loaded.model.slimdeploy_record = load_record(path)
         return loaded
     if kind == "gguf":
         from slimdeploy.load.gguf import load_gguf
 
-        return load_gguf(Path(location), td, with_tokenizer)
-    # hub id: the local cache first, then the hub unless offline; either failure is one line.
+        loaded = load_gguf(Path(location), td, with_tokenizer)
+        check_finite(loaded.model, location)
+        return loaded
+    # hub id: the local cache first, then the hub unless offline or unreachable; either failure is one line.
     try:
-        return _load(
+        loaded = _load(
             AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, {**kwargs, "local_files_only": True}
         )
     except OSError:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
             raise SlimdeployError(_hub_hint(location)) from None
+        try:
+            loaded = _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
+        except SlimdeployError:
+            raise
+        except Exception:
+            raise SlimdeployError(_hub_hint(location)) from None
+    check_finite(loaded.model, location)
+    return loaded
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's endpoint, no retries: an unreachable hub is known in seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
     try:
-        return _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
-    except Exception:
-        raise SlimdeployError(_hub_hint(location)) from None
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _hub_hint(model_id: str) -> str:
     return (
-        f"model {model_id!r} is not in the local Hugging Face cache and the hub cannot be reached: run "
-        f"`hf download {model_id}` on a connected machine, or pass a local model directory"
+        f"{model_id!r} is neither a local path (no such file or directory) nor a model in the local Hugging Face "
+        f"cache, and the hub cannot be reached: fix the path, or run `hf download {model_id}` on a connected machine"
     )
+
+
+def check_finite(model, source: str) -> None:
+    """NaN/Inf weights make every later number meaningless: refuse them at load, naming the tensor."""
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise SlimdeployError(f"{source}: weight {name} contains NaN or Inf; repair or re-export the model")
+
+
+def require_tokenizer(tokenizer, stage: str, source: str = "the model") -> None:
+    if tokenizer is None:
+        raise SlimdeployError(
+            f"the {stage} needs text, and {source} has no tokenizer files; add the tokenizer "
+            "(tokenizer.json / tokenizer_config.json) to the model folder, or use a data-free criterion"
+        )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _tokenizer(auto_tok, location: str, kwargs: dict):
+    """The folder's tokenizer, or None when it has no tokenizer files (shape-only, weights-only checkpoints)."""
+    path = Path(location)
+    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    try:
+        return auto_tok.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        if not path.is_dir():
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SlimdeployError(
+            f"cannot load the tokenizer in {location} ({first}); repair or replace its files"
+        ) from None
 
 
 def _load(auto_model, auto_tok, location: str, kind: str, with_tokenizer: bool, kwargs: dict) -> Loaded:
     try:
-        model = auto_model.from_pretrained(location, **kwargs)
+        model, info = auto_model.from_pretrained(location, output_loading_info=True, **kwargs)
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
         if "trust_remote_code" in msg:
@@ -167,10 +244,27 @@ def _load(auto_model, auto_tok, location: str, kind: str, with_tokenizer: bool, 
             ) from None
         if "Unrecognized configuration" in msg or "not supported" in msg or "does not recognize" in msg:
             raise SlimdeployError(f"unsupported architecture in {location}: {msg}") from None
-        raise
+        raise SlimdeployError(f"cannot load {location}: {msg}") from None
+    except RuntimeError:  # size mismatches between config and weights
+        raise SlimdeployError(
+            f"the tensor shapes in {location} differ from what its config.json describes; fix the config "
+            "(head_dim, num_attention_heads, num_key_value_heads, intermediate_size) or re-export the model"
+        ) from None
+    missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    mismatched = info.get("mismatched_keys") or []
+    if missing or unexpected or mismatched:
+        parts = [
+            f"{what} {sorted(keys)[:3]}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched))
+            if keys
+        ]
+        raise SlimdeployError(
+            f"the weights in {location} do not match its config.json ({'; '.join(parts)}); "
+            "fix the config (e.g. num_hidden_layers) or re-export the model"
+        )
     model.eval()
     tokenizer = None
     if with_tokenizer:
         tok_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "local_files_only")}
-        tokenizer = auto_tok.from_pretrained(location, **tok_kwargs)
+        tokenizer = _tokenizer(auto_tok, location, tok_kwargs)
     return Loaded(model=model, tokenizer=tokenizer, source=location, kind=kind)

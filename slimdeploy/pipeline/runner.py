@@ -20,10 +20,12 @@ from slimdeploy.analyze.summary import param_stats
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.api import run_export  # light: each exporter imports its runtime lazily
 from slimdeploy.load.model import Loaded, load_model
+from slimdeploy.pipeline.preflight import preflight
 from slimdeploy.prune.io import save_model
 from slimdeploy.prune.stage import peak_rss_mb
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe
+from slimdeploy.utils.fs import check_output, output_lock, write_marker
 
 
 @dataclass
@@ -212,18 +214,23 @@ def run(
     log=print,
 ) -> dict:
     """Run every stage of `recipe` on `model_spec` (None: recipe.model, else the embedded demo) into `out`."""
+    model_spec = model_spec or recipe.model
+    out = preflight(recipe, model_spec, Path(out), force)["out"]
+    out = Path(out)
+    work = out.parent / f".{out.name}.partial"
+    with output_lock(out):  # a second run on the same --out fails here, naming this one's pid
+        return _run_locked(recipe, model_spec, out, work, force, trust_remote_code, progress_factory, log)
+
+
+def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_code, progress_factory, log) -> dict:
     from slimdeploy.pipeline.report import write_outputs
 
-    model_spec = model_spec or recipe.model
-    out = Path(out)
-    if out.exists() and not force:
-        raise SlimdeployError(f"output {out} already exists; choose another --out or pass --force")
-    work = out.parent / f".{out.name}.partial"
     rhash = recipe_hash(recipe, model_spec)
     if force and work.exists() and (work / "state.json").exists():
         if json.loads((work / "state.json").read_text()).get("recipe_hash") != rhash:
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    sweep_work(work)
     torch.manual_seed(recipe.seed)
     resumed = _resume(work, rhash, trust_remote_code)
     if resumed:
@@ -235,23 +242,31 @@ def run(
     needs_teacher = any(getattr(s, "kd_weight", 0) > 0 for s in recipe.stages[start:])
     if needs_teacher:
         state.teacher = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=False).model
+    stage_fns = {
+        "prune": _stage_prune,
+        "recover": _stage_recover,
+        "merge": _stage_merge,
+        "eval": _stage_eval,
+        "export": _stage_export,
+        "bench": _stage_bench,
+    }
     for i, stage in enumerate(recipe.stages):
         if i < start:
             continue
-        fn = {
-            "prune": _stage_prune,
-            "recover": _stage_recover,
-            "merge": _stage_merge,
-            "eval": _stage_eval,
-            "export": _stage_export,
-            "bench": _stage_bench,
-        }[stage.kind]
         t0 = time.perf_counter()
         bar = progress_factory(f"[{i + 1}/{len(recipe.stages)}] {stage.kind}") if progress_factory else None
-        with bar if bar else nullcontext() as update:
-            args = (state, stage, recipe, update) + ((work,) if stage.kind in ("recover", "export", "bench") else ())
-            args += (model_spec,) if stage.kind == "bench" else ()
-            result = fn(*args)
+        try:
+            with bar if bar else nullcontext() as update:
+                args = (state, stage, recipe, update) + (
+                    (work,) if stage.kind in ("recover", "export", "bench") else ()
+                )
+                args += (model_spec,) if stage.kind == "bench" else ()
+                result = stage_fns[stage.kind](*args)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted in stage {i + 1}/{len(recipe.stages)} ({stage.kind}); the {i} finished stages are "
+                f"kept in {work}: run the same command again to continue"
+            ) from None
         result = {
             "kind": stage.kind,
             "index": i,
@@ -267,13 +282,36 @@ def run(
         shutil.rmtree(final)
     final.mkdir()
     save_model(state.loaded.model, state.loaded.tokenizer, final)
+    sweep_work(work)  # no half-written export or bench folder travels into the output
     for produced in ("exports", "bench"):
         if (work / produced).exists():
             shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
     report = write_outputs(final, recipe, state.stages, model_spec)
+    write_marker(final, "compress")
+    check_output(out, force, [model_spec])  # re-checked: the run may have taken hours
     if out.exists():
         shutil.rmtree(out)
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+class Interrupted(SlimdeployError):
+    exit_code = 130
+
+
+def sweep_work(work: Path) -> list[str]:
+    """Remove what a killed run leaves half-written inside the work dir: temporaries of the export, bench
+    and atomic-dir steps (finished exports and bench reports are kept)."""
+    removed = []
+    for name in ("export_src", "bench_src", "bench_runtime", "bench-partial", "model.next"):
+        if (work / name).exists():
+            shutil.rmtree(work / name, ignore_errors=True)
+            removed.append(name)
+    exports = work / "exports"
+    if exports.is_dir():
+        for stale in list(exports.glob(".*")):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            removed.append(f"exports/{stale.name}")
+    return removed

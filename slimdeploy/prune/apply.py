@@ -94,6 +94,11 @@ def sync_config(model) -> bool:
     """Write the live widths into the config; True when uniform (a stock config then describes the model)."""
     widths = current_widths(model)
     cfg = model.config
+    # written explicitly: configs without head_dim (Qwen2's real config.json files) would otherwise let
+    # from_pretrained derive hidden / heads, which is wrong once heads are removed
+    attn = next((getattr(layer, "self_attn", None) for layer in decoder_layers(model)), None)
+    if attn is not None and getattr(attn, "head_dim", None):
+        cfg.head_dim = int(attn.head_dim)
     uniform = all(w == widths[0] for w in widths)
     if uniform:
         cfg.num_attention_heads = widths[0]["heads"]

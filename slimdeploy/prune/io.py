@@ -8,9 +8,6 @@ its widths, then reads the safetensors (vLLM loads them through the DeciLM expor
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -18,30 +15,20 @@ import torch
 from slimdeploy.errors import SlimdeployError
 
 
-@contextmanager
-def atomic_dir(out: Path, force: bool = False):
-    """Yield a temporary directory beside `out`; rename it to `out` only if the block finishes."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise SlimdeployError(f"output {out} already exists; choose another path or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
 def save_model(model, tokenizer, out_dir: Path) -> None:
-    """save_pretrained (safetensors) + tokenizer + pruning.json into an existing directory."""
-    for p in model.parameters():
+    """save_pretrained (safetensors) + tokenizer + pruning.json into an existing directory.
+
+    A model still wrapped with LoRA layers (an adapter not merged yet) is saved as its frozen base weights,
+    under the base model's own names: the adapter is saved on its own."""
+    for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
-            raise SlimdeployError("the model has NaN/Inf weights; refusing to save it")
-    model.save_pretrained(out_dir)
+            raise SlimdeployError(f"the model's weight {name} has NaN/Inf values; refusing to save it")
+    state = model.state_dict()
+    if any(".base_layer." in k for k in state):
+        state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
+        model.save_pretrained(out_dir, state_dict=state)
+    else:
+        model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     record = getattr(model, "slimdeploy_record", None)

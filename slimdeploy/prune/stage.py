@@ -7,10 +7,11 @@ import resource
 from pathlib import Path
 
 from slimdeploy.load.data import calibration_data
-from slimdeploy.load.model import load_model
+from slimdeploy.load.model import load_model, require_tokenizer
 from slimdeploy.prune.api import PruneConfig, prune
-from slimdeploy.prune.io import atomic_dir, save_model
+from slimdeploy.prune.io import save_model
 from slimdeploy.score.api import NEEDS_DATA
+from slimdeploy.utils.fs import atomic_dir, check_output, output_lock
 
 
 def peak_rss_mb() -> float:
@@ -18,9 +19,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def needs_text(config: PruneConfig) -> bool:
+    """Data-free criteria (random, l1, l2) prune without calibration text, so without a tokenizer."""
+    return config.criterion in NEEDS_DATA or "layer" in config.structures
+
+
 def prune_loaded(loaded, config: PruneConfig, progress=None) -> dict:
     batches, data_fp = None, None
-    if config.criterion in NEEDS_DATA or "layer" in config.structures:
+    if needs_text(config):
+        require_tokenizer(loaded.tokenizer, f"{config.criterion} criterion's calibration", loaded.source)
         batches, data_fp = calibration_data(
             loaded.tokenizer, config.data, config.n_samples, config.seq_len, config.seed
         )
@@ -39,10 +46,21 @@ def prune_to_dir(
     trust_remote_code: bool = False,
     progress=None,
 ) -> dict:
-    loaded = load_model(model_spec, "fp32", trust_remote_code)
+    inputs = [model_spec, config.data]
+    check_output(out, force, inputs)  # before any weight loads
+    with output_lock(out):  # a second run on the same --out fails now, not after the pruning
+        return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress)
+
+
+def _prune_locked(model_spec, config: PruneConfig, out: Path, inputs, force, trust_remote_code, progress) -> dict:
+    if config.data is not None and needs_text(config):
+        from slimdeploy.load.data import load_texts
+
+        load_texts(config.data, split="calibration")  # a missing or unreadable data file fails here, not later
+    loaded = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=needs_text(config))
     report = prune_loaded(loaded, config, progress)
     report["model"] = loaded.source
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, inputs, what="prune") as tmp:
         save_model(loaded.model, loaded.tokenizer, tmp)
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))
     return report

@@ -29,8 +29,8 @@ class EvalStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["eval"]
     data: str | None = Field(None, description="default: the recipe's eval_data, else the demo held-out split")
-    context_length: int | None = None
-    stride: int | None = None
+    context_length: int | None = Field(None, ge=2)
+    stride: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(60000, ge=16, description="score at most this many tokens (None: all)")
 
 

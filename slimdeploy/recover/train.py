@@ -130,6 +130,9 @@ def recover(
     model, tokenizer, cfg: RecoverConfig, teacher=None, work_dir: Path | None = None, progress=None, on_step=None
 ) -> tuple[object, dict]:
     """Train LoRA adapters on `model`; returns (peft_model, report). Resumes from `work_dir` if it has a ckpt."""
+    from slimdeploy.load.model import require_tokenizer
+
+    require_tokenizer(tokenizer, "recover stage")
     mix = DataMixture.build(tokenizer, cfg)
     fp = mix.fingerprints if len(mix.sources) > 1 else mix.fingerprints[0]
     held = None

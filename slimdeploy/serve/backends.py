@@ -109,23 +109,38 @@ def _with_stand_in_tokenizer(src: Path, staging: Path) -> Path:
     return staging
 
 
-def start_runner(backend: str, path: Path, dtype: str, max_model_len: int, port: int, threads: int | None):
+def start_runner(
+    backend: str, path: Path, dtype: str, max_model_len: int, port: int, threads: int | None, trust: bool = False
+):
     if backend == "vllm-server":
         from slimdeploy.serve.openai_server import VllmServer
 
-        return VllmServer(path, dtype, port, max_model_len)
+        return VllmServer(path, dtype, port, max_model_len, trust_remote_code=trust)
     from slimdeploy.serve.worker import Worker
 
-    return Worker(backend, path, dtype, {"max_model_len": max_model_len, "threads": threads})
+    options = {"max_model_len": max_model_len, "threads": threads, "trust_remote_code": trust}
+    return Worker(backend, path, dtype, options)
 
 
 def bench_backend(
-    sources: dict[str, Path], backend: str, cfg, work: Path, progress=None, port: int = 8000, threads=None
+    sources: dict[str, Path],
+    backend: str,
+    cfg,
+    work: Path,
+    progress=None,
+    port: int = 8000,
+    threads=None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """`sources`: name -> model directory (first = baseline). Every runner is stopped at the end."""
     from slimdeploy.serve.bench import run_bench
+    from slimdeploy.utils.trust import remote_code_allowed
 
     check_backend(backend)
+    for name, src in sources.items():  # before anything starts: foreign code, prompts longer than the context
+        remote_code_allowed(Path(src), trust_remote_code)
+        config = json.loads((Path(src) / "config.json").read_text())
+        cfg.check_context(config.get("max_position_embeddings"), f"{name} ({src})")
     if backend in ("onnxruntime", "ort-genai") and cfg.dtype == "bf16":
         raise SlimdeployError(f"the {backend} backend runs fp32 (or fp16 for onnxruntime) on CPU; pass --dtype fp32")
     if backend == "vllm-server":  # refuse a busy port before any model loads
@@ -140,7 +155,7 @@ def bench_backend(
     try:
         for i, (name, src) in enumerate(sources.items()):
             path = runtime_dir(backend, src, work / f"{name}-{backend}", cfg.dtype)
-            runners[name] = start_runner(backend, path, cfg.dtype, max_len, port + i, threads)
+            runners[name] = start_runner(backend, path, cfg.dtype, max_len, port + i, threads, trust_remote_code)
         report = run_bench(runners, facts, cfg, vocab, backend, progress)
     finally:
         for r in runners.values():

@@ -17,6 +17,7 @@ import psutil
 import torch
 
 from slimdeploy.analyze.summary import param_stats
+from slimdeploy.errors import SlimdeployError
 from slimdeploy.serve.metrics import kv_bytes_per_token, ratio_block, spread, summarize_run
 from slimdeploy.serve.worker import BackendDied
 
@@ -30,6 +31,23 @@ class BenchConfig:
     warmup: int = 1
     dtype: str = "fp32"
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("input_len", "output_len", "repeats"):
+            if getattr(self, name) < 1:
+                raise SlimdeployError(f"--{name.replace('_', '-')} {getattr(self, name)}: give 1 or more")
+        if self.warmup < 0:
+            raise SlimdeployError(f"warm-up {self.warmup}: give 0 or more")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise SlimdeployError(f"concurrency {self.concurrency}: give positive integers, e.g. 1,4")
+
+    def check_context(self, max_positions: int | None, name: str) -> None:
+        """Prompt + generated tokens must fit the model's context."""
+        if max_positions and self.input_len + self.output_len > max_positions:
+            raise SlimdeployError(
+                f"{name}: --input-len {self.input_len} + --output-len {self.output_len} exceeds the model's context "
+                f"of {max_positions} tokens; shorten them"
+            )
 
 
 class RssSampler:

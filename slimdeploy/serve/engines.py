@@ -104,12 +104,15 @@ class VllmEngine:
     def __init__(self, path: str, dtype: str, options: dict):
         from vllm import LLM
 
+        from slimdeploy.utils.trust import remote_code_allowed
+
         self.llm = LLM(
             model=path,
             dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype],
             max_model_len=options["max_model_len"],
             enforce_eager=options.get("enforce_eager", True),
-            trust_remote_code=(Path(path) / "modeling_decilm.py").exists(),  # slimdeploy's own DeciLM code
+            # slimdeploy's own DeciLM code (hash-checked), or foreign code the user trusted explicitly
+            trust_remote_code=remote_code_allowed(Path(path), options.get("trust_remote_code", False)),
             skip_tokenizer_init=not has_tokenizer(path),  # shape-only models: token ids in, token ids out
             seed=0,
         )

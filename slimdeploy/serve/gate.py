@@ -30,12 +30,24 @@ def check(
     """Violations (empty = pass). `model` picks the report's model to gate (default: the last, the candidate);
     `ref_model` the reference's (default: the same name, else its last). Live gating of two models measured in
     one run passes the same report twice: model="candidate", ref_model="baseline"."""
-    for key in ("backend",):
-        if report.get(key) != reference.get(key):
-            raise SlimdeployError(f"reports differ in {key}: {report.get(key)} vs {reference.get(key)}")
-    for key in ("input_len", "output_len"):
-        if report["config"][key] != reference["config"][key]:
-            raise SlimdeployError(f"reports differ in {key}; re-run the reference with the same settings")
+    for which, r in (("report", report), ("reference", reference)):
+        if r.get("partial"):
+            raise SlimdeployError(
+                f"the {which} is partial (a backend stopped early: {r.get('error', '?')}); re-run the benchmark"
+            )
+        if not isinstance(r.get("models"), dict) or not isinstance(r.get("config"), dict):
+            raise SlimdeployError(f"the {which} is not a slimdeploy bench.json (no models/config)")
+    if report.get("backend") != reference.get("backend"):
+        raise SlimdeployError(
+            f"reports are not comparable: backend {report.get('backend')} vs {reference.get('backend')}"
+        )
+    for key in ("input_len", "output_len", "dtype", "repeats", "warmup"):
+        got, want = report["config"].get(key), reference["config"].get(key)
+        if got != want:
+            raise SlimdeployError(
+                f"reports are not comparable: {key} {got} vs {want} in the reference; "
+                "re-run the reference with the same settings"
+            )
     name = model or list(report["models"])[-1]
     ref_name = ref_model or (model if model in reference["models"] else list(reference["models"])[-1])
     got, ref = report["models"][name]["concurrency"], reference["models"][ref_name]["concurrency"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.serve.engines import has_tokenizer
 from slimdeploy.serve.worker import BackendDied, kill_tree
+from slimdeploy.utils.procs import child_env, child_popen_kwargs, kill_group, scratch_dir
+from slimdeploy.utils.trust import remote_code_allowed
 
 HOST = "127.0.0.1"
 
@@ -35,7 +38,15 @@ def check_port_free(port: int) -> None:
 
 
 class VllmServer:
-    def __init__(self, path: Path, dtype: str, port: int, max_model_len: int, startup_timeout: float = 900):
+    def __init__(
+        self,
+        path: Path,
+        dtype: str,
+        port: int,
+        max_model_len: int,
+        startup_timeout: float = 900,
+        trust_remote_code: bool = False,
+    ):
         self.backend, self.path, self.port = "vllm-server", Path(path), port
         check_port_free(port)
         self.log = tempfile.NamedTemporaryFile(prefix="slimdeploy-vllm-server-", suffix=".log", delete=False)
@@ -43,13 +54,15 @@ class VllmServer:
         cmd += ["--host", HOST, "--port", str(port), "--served-model-name", "m", "--seed", "0"]
         cmd += ["--dtype", {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]]
         cmd += ["--max-model-len", str(max_model_len), "--enforce-eager"]
-        if (Path(path) / "modeling_decilm.py").exists():
+        if remote_code_allowed(path, trust_remote_code):  # ours (hash-checked) or the user's explicit flag
             cmd.append("--trust-remote-code")
         if not has_tokenizer(path):
             cmd.append("--skip-tokenizer-init")  # shape-only models: token ids in, token ids out
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        self.scratch = scratch_dir()  # vLLM's temp files and IPC sockets, removed in close()
+        env = child_env(self.scratch, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        # own process group + SIGTERM if we die: vLLM's server shuts its engine down on SIGTERM
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, **child_popen_kwargs())
         self._wait_healthy(startup_timeout)
         self.load_s = self.load_inside_s = round(time.perf_counter() - t0, 2)
 
@@ -128,4 +141,6 @@ class VllmServer:
 
     def close(self) -> None:
         kill_tree(self.proc.pid)
+        kill_group(self.proc.pid)
         Path(self.log.name).unlink(missing_ok=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)

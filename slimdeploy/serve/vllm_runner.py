@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 
 
 def _child(model_dir: str, request_path: str) -> None:
+    from slimdeploy.utils.procs import take_down_group_on_sigterm
+
+    take_down_group_on_sigterm()  # the parent died (PR_SET_PDEATHSIG) or gave up: vLLM's engine goes too
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU; small models need little
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -54,8 +57,11 @@ def vllm_greedy(
     """Greedy continuations of token-id prompts from vLLM (CPU or GPU, whichever vLLM build is installed)."""
     if not vllm_available():
         raise SlimdeployError("vLLM is not installed: pip install 'slimdeploy[cpu]' (or [gpu] on CUDA machines)")
-    with tempfile.TemporaryDirectory() as tmp:
-        req = Path(tmp) / "request.json"
+    from slimdeploy.utils.procs import child_env, run_child, scratch_dir
+
+    scratch = scratch_dir()  # TMPDIR and vLLM's IPC sockets; swept by the next run if this one is killed
+    try:
+        req = scratch / "request.json"
         req.write_text(
             json.dumps(
                 {
@@ -67,12 +73,13 @@ def vllm_greedy(
                 }
             )
         )
-        proc = subprocess.run(
-            [sys.executable, "-m", "slimdeploy.serve.vllm_runner", str(model_dir), str(req)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        cmd = [sys.executable, "-m", "slimdeploy.serve.vllm_runner", str(model_dir), str(req)]
+        try:
+            proc = run_child(cmd, timeout=timeout, env=child_env(scratch))
+        except subprocess.TimeoutExpired:
+            raise SlimdeployError(f"vLLM did not finish serving {model_dir} within {timeout} s") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     for line in proc.stdout.splitlines():
         if line.startswith("SLIMDEPLOY_RESULT "):
             return json.loads(line.split(" ", 1)[1])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.utils.procs import child_env, child_popen_kwargs, kill_group, scratch_dir, take_down_group_on_sigterm
 
 READY, RESULT = "SLIMDEPLOY_READY ", "SLIMDEPLOY_RESULT "
 
@@ -36,7 +38,8 @@ class Worker:
         self.backend, self.path = backend, Path(path)
         self.log = tempfile.NamedTemporaryFile(prefix=f"slimdeploy-{backend}-", suffix=".log", delete=False)
         spec = {"backend": backend, "path": str(path), "dtype": dtype, "options": options or {}}
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        self.scratch = scratch_dir()  # the runtime's temp files and IPC sockets, removed in close()
+        env = child_env(self.scratch, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "slimdeploy.serve.worker", json.dumps(spec)],
@@ -45,6 +48,7 @@ class Worker:
             stderr=self.log,
             text=True,
             env=env,
+            **child_popen_kwargs(),  # dies with us, even after a kill -9 of this process
         )
         self.timeout = timeout
         ready = self._read(READY)
@@ -83,7 +87,9 @@ class Worker:
                 self.proc.wait(timeout=30)
             except (subprocess.TimeoutExpired, OSError):
                 kill_tree(self.proc.pid)
+        kill_group(self.proc.pid)  # engine processes the worker left behind
         Path(self.log.name).unlink(missing_ok=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def kill_tree(pid: int) -> None:
@@ -103,6 +109,7 @@ def kill_tree(pid: int) -> None:
 def _child(spec: dict) -> None:
     from slimdeploy.serve.engines import ENGINES
 
+    take_down_group_on_sigterm()
     t0 = time.perf_counter()
     engine = ENGINES[spec["backend"]](spec["path"], spec["dtype"], spec["options"])
     print(READY + json.dumps({"load_s": round(time.perf_counter() - t0, 2)}), flush=True)

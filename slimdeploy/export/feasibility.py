@@ -1,0 +1,80 @@
+"""Can an export represent this model in its runtime? Answered from config.json alone, before any work.
+
+The same check serves `slimdeploy export` (on the model's config) and the recipe preflight (on the source
+config, with per-layer widths predicted from the recipe's prune allocation).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from slimdeploy.errors import SlimdeployError
+
+FORMATS = ("vllm", "onnx", "ort-genai")
+ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+PER_LAYER_FAMILIES = {"llama", "mistral", "qwen2"}  # what the DeciLM (nemotron-nas) format can carry
+RUNTIME = {
+    "vllm": ("vllm", "vLLM"),
+    "onnx": ("onnxruntime", "onnxruntime"),
+    "ort-genai": ("onnxruntime_genai", "onnxruntime-genai"),
+}
+VLLM_CPU_MIN_HEAD_DIM = 32  # vLLM's CPU attention rejects smaller head sizes (8 seen failing)
+
+
+def head_dim_of(config: dict) -> int:
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_exportable(
+    config: dict, format: str, dtype: str = "fp32", verify: bool = True, per_layer: bool | None = None
+) -> None:
+    """Raise a one-line SlimdeployError if `format` cannot represent (or, with verify, run) the model."""
+    if format not in FORMATS:
+        raise SlimdeployError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        raise SlimdeployError(
+            f"the {format} export cannot represent {arch} models (model_type {config.get('model_type')!r}); "
+            f"supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    per_layer = "slimdeploy_layer_widths" in config if per_layer is None else per_layer
+    module, label = RUNTIME[format]
+    if (verify or format == "ort-genai") and importlib.util.find_spec(module) is None:
+        what = "builds the package" if format == "ort-genai" else "verifies the export"
+        raise SlimdeployError(
+            f"{label} is not installed, and it {what}: pip install 'slimdeploy[cpu]' (or [gpu]), or --no-verify"
+        )
+    if format == "ort-genai":
+        if per_layer:
+            raise SlimdeployError(
+                "onnxruntime-genai's builder needs the same widths in every layer, and this model has per-layer "
+                "widths (global allocation); prune with allocation uniform, or export vllm or onnx"
+            )
+        if dtype == "fp16" and verify and not _has_cuda():
+            raise SlimdeployError("onnxruntime-genai fp16 packages do not run on the CPU provider; export fp32 or int4")
+    if format == "onnx" and dtype == "bf16" and verify and not _has_cuda():
+        raise SlimdeployError("onnxruntime has no CPU kernels for every bf16 op here; export fp32 or fp16 on CPU")
+    if format == "vllm":
+        if per_layer and config.get("model_type") not in PER_LAYER_FAMILIES:
+            raise SlimdeployError(
+                f"per-layer widths of {config.get('model_type')} models have no vLLM format (DeciLM carries "
+                f"{', '.join(sorted(PER_LAYER_FAMILIES))}); prune with allocation uniform"
+            )
+        sliding = config.get("sliding_window")
+        if per_layer and sliding and config.get("use_sliding_window", True):
+            if sliding < config.get("max_position_embeddings", sliding + 1):
+                raise SlimdeployError(
+                    "the DeciLM format has no sliding-window attention; prune with allocation uniform"
+                )
+        hd = head_dim_of(config)
+        if verify and hd < VLLM_CPU_MIN_HEAD_DIM and not _has_cuda():
+            raise SlimdeployError(
+                f"vLLM's CPU attention does not support head_dim {hd} (needs >= {VLLM_CPU_MIN_HEAD_DIM}), so the "
+                "export cannot be verified here; export with --no-verify (verify: false) or verify on a GPU"
+            )

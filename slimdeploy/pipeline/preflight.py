@@ -1,0 +1,111 @@
+"""Everything a recipe needs, checked before the first stage runs (and by --dry-run): nothing loads weights.
+
+A run that would fail after an hour of pruning because a data file is malformed, the output path is a file,
+or an export cannot represent the model, fails here instead, in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.recipe.schema import Recipe
+from slimdeploy.utils.fs import check_output
+
+TEXT_STAGES = {"recover", "eval"}  # prune needs text only for data-driven criteria
+
+
+def stage_needs_text(stage) -> bool:
+    if stage.kind == "prune":
+        from slimdeploy.prune.stage import needs_text
+
+        return needs_text(stage)
+    return stage.kind in TEXT_STAGES
+
+
+def data_inputs(recipe: Recipe) -> list[str]:
+    """Every local data path the recipe reads (for output-path safety)."""
+    paths: list[str] = [recipe.eval_data] if recipe.eval_data else []
+    for st in recipe.stages:
+        data = getattr(st, "data", None)
+        paths += data if isinstance(data, list) else [data] if data else []
+    return paths
+
+
+def model_config(model_spec: str | None) -> tuple[str, dict | None]:
+    """(kind, config.json) of the model without loading weights; config None where only loading can tell."""
+    from slimdeploy.load.model import _check_config, _check_safetensors, resolve_source
+
+    if model_spec is not None and model_spec.startswith("shape:"):
+        return "shape", None
+    kind, location = resolve_source(model_spec)
+    if kind not in ("dir", "demo"):
+        return kind, None
+    path = Path(location)
+    _check_config(path)
+    _check_safetensors(path)
+    return kind, json.loads((path / "config.json").read_text())
+
+
+def check_data(stage, recipe: Recipe) -> None:
+    """Read and parse the stage's data now, so a bad file fails before any stage runs."""
+    if stage.kind == "eval":
+        from slimdeploy.load.data import load_texts
+
+        load_texts(stage.data or recipe.eval_data, split="eval")
+    elif stage.kind == "prune" and stage_needs_text(stage) and stage.data is not None:
+        from slimdeploy.load.data import load_texts
+
+        load_texts(stage.data, split="calibration")
+    elif stage.kind == "recover":
+        from slimdeploy.recover.data import recovery_docs
+
+        sources = stage.data if isinstance(stage.data, list) else [stage.data]
+        for source in sources:
+            if source is not None:
+                recovery_docs(source, stage.prompt_template)
+
+
+def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:
+    """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts."""
+    from slimdeploy.export.feasibility import check_exportable
+    from slimdeploy.load.model import TOKENIZER_FILES, resolve_source
+
+    out = check_output(out, force, [model_spec, *data_inputs(recipe)])
+    kind, config = model_config(model_spec)
+    for stage in recipe.stages:
+        check_data(stage, recipe)
+    if kind in ("dir", "demo"):
+        location = Path(resolve_source(model_spec)[1])
+        text_stages = [st.kind for st in recipe.stages if stage_needs_text(st)]
+        if text_stages and not any((location / f).exists() for f in TOKENIZER_FILES):
+            raise SlimdeployError(
+                f"the {text_stages[0]} stage needs text, and {location} has no tokenizer files; add them "
+                "(tokenizer.json / tokenizer_config.json) or drop the stages that read text"
+            )
+    per_layer = False
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind == "prune" and stage.allocation == "global":
+            per_layer = True
+        if stage.kind == "recover" and stage.prune is not None and stage.prune.allocation == "global":
+            per_layer = True
+        if stage.kind == "export" and config is not None:
+            try:
+                check_exportable(config, stage.format, stage.dtype, stage.verify, per_layer or None)
+            except SlimdeployError as exc:
+                raise SlimdeployError(f"stages[{i}] (export {stage.format}): {exc}") from None
+        if stage.kind == "bench":
+            from slimdeploy.serve.backends import check_backend
+
+            check_backend(stage.backend)
+            if config is not None and stage.input_len + stage.output_len > config.get("max_position_embeddings", 1e9):
+                raise SlimdeployError(
+                    f"stages[{i}] (bench): input_len + output_len = {stage.input_len + stage.output_len} exceeds "
+                    f"the model's context of {config['max_position_embeddings']} tokens"
+                )
+            if stage.backend != "torch" and kind not in ("dir", "demo"):
+                raise SlimdeployError(
+                    f"stages[{i}] (bench {stage.backend}) needs the baseline as a model directory, not a {kind} source"
+                )
+    return {"model_kind": kind, "out": str(out)}

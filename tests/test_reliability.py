@@ -1,0 +1,327 @@
+"""The reliability matrix: every refusal path of the CLI on tiny inputs made here.
+
+Each case must end with a non-zero exit, one line on stderr that says what was wrong (never an exception
+class name, never a traceback), its input files byte-identical afterwards, and no output or temporary left
+behind. Positive cases next to it check that what should still work does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli
+
+RAW_EXCEPTION = re.compile(r"^error: (\w+\.)*[A-Z]\w*(Error|Exception|Exit|Interrupt)\b")
+
+
+def digest_tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def leftovers(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if ".partial" in p.name or p.name.endswith(".lock")]
+
+
+def save_tiny(path: Path, tokenizer=None, family: str = "llama", **overrides) -> Path:
+    from slimdeploy.load.tiny import build_tiny_model
+
+    kw = dict(hidden_size=64, intermediate_size=128, head_dim=16, num_attention_heads=4, num_key_value_heads=2)
+    build_tiny_model(family, **{**kw, **overrides}).save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+def edit_config(path: Path, **changes) -> None:
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(changes)
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@dataclass
+class Ctx:
+    tmp: Path  # inputs live in tmp/in, the current directory is tmp/cwd
+    tok: object
+    text: Path
+
+    @property
+    def model(self) -> Path:
+        path = self.tmp / "in" / "model"
+        if not path.exists():
+            save_tiny(path, self.tok)
+        return path
+
+    def file(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / "in" / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def recipe(self, stages: list[dict], name: str = "r") -> Path:
+        import yaml
+
+        return self.file(f"{name}.yaml", yaml.safe_dump({"name": name, "stages": stages}))
+
+    def bench_json(self, name: str, **changes) -> Path:
+        cfg = {"input_len": 8, "output_len": 4, "dtype": "fp32", "repeats": 3, "warmup": 1}
+        conc = {"1": {"output_tok_s": {"median": 100.0}, "tpot_s": {"p50": {"median": 0.01}}}}
+        report = {"backend": "torch", "config": cfg, "models": {"candidate": {"concurrency": conc}}}
+        for k, v in changes.items():
+            (report["config"] if k in cfg else report)[k] = v
+        return self.file(name, json.dumps(report))
+
+
+def _no_tokenizer(c: Ctx) -> Path:
+    return save_tiny(c.tmp / "in" / "weights-only")
+
+
+def _model_with(c: Ctx, name: str, **config_changes) -> Path:
+    path = save_tiny(c.tmp / "in" / name, c.tok)
+    if config_changes:
+        edit_config(path, **config_changes)
+    return path
+
+
+def _nan_model(c: Ctx) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    path = _model_with(c, "nan")
+    state = load_file(path / "model.safetensors")
+    state["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, path / "model.safetensors", {"format": "pt"})
+    return path
+
+
+def _bin_only(c: Ctx) -> Path:
+    path = _model_with(c, "pickle")
+    (path / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, path / "pytorch_model.bin")
+    return path
+
+
+def _foreign_code(c: Ctx) -> Path:
+    path = _model_with(c, "foreign", auto_map={"AutoModelForCausalLM": "modeling_decilm.DeciLMForCausalLM"})
+    (path / "modeling_decilm.py").write_text("open('/tmp/slimdeploy-pwned', 'w').write('x')\n")
+    return path
+
+
+def _header_only_gguf(c: Ctx) -> Path:
+    return c.file("header.gguf", b"GGUF\x03\x00\x00\x00" + b"\x00" * 16)
+
+
+def _alpaca_bad(c: Ctx) -> Path:
+    return c.file("bad.json", '[{"instruction": "x"}]')
+
+
+def _out_file(c: Ctx) -> Path:
+    return c.file("occupied", "not a directory")
+
+
+def _user_dir(c: Ctx) -> Path:
+    d = c.tmp / "in" / "user-folder"
+    d.mkdir(exist_ok=True)
+    (d / "thesis.tex").write_text("years of work")
+    return d
+
+
+def _prune(c: Ctx, model: Path, out, *extra: str) -> list[str]:
+    return ["prune", "--model", str(model), "--out", str(out), "--criterion", "l2", "--round-to", "8", *extra]
+
+
+@dataclass
+class Case:
+    id: str
+    args: Callable[[Ctx], list[str]]
+    expect: str  # a fragment of the one-line message
+
+
+CASES = [
+    # --force never deletes what we did not write
+    Case("force-cwd", lambda c: _prune(c, c.model, ".", "--force"), "current directory"),
+    Case("force-input-parent", lambda c: _prune(c, c.model, c.model.parent, "--force"), "holds an input"),
+    Case("force-input-itself", lambda c: _prune(c, c.model, c.model, "--force"), "holds an input"),
+    Case("force-user-folder", lambda c: _prune(c, c.model, _user_dir(c), "--force"), "only directories slimdeploy"),
+    Case("force-home", lambda c: _prune(c, c.model, Path.home(), "--force"), "home directory"),
+    Case("out-inside-input", lambda c: _prune(c, c.model, c.model / "pruned"), "inside the input"),
+    Case("out-is-file", lambda c: _prune(c, c.model, _out_file(c)), "not a directory"),
+    Case("out-under-file", lambda c: _prune(c, c.model, _out_file(c) / "x"), "is a file"),
+    # foreign code never runs without the flag
+    Case("remote-code-inspect", lambda c: ["inspect", str(_foreign_code(c))], "--trust-remote-code"),
+    Case(
+        "remote-code-bench-vllm",
+        lambda c: ["bench", "run", str(_foreign_code(c)), "--baseline", str(c.model), "--backend", "vllm"],
+        "--trust-remote-code",
+    ),
+    # wrong inputs are refused, not loaded silently
+    Case("config-more-layers", lambda c: ["inspect", str(_model_with(c, "deep", num_hidden_layers=5))], "missing"),
+    Case("config-bad-shapes", lambda c: ["inspect", str(_model_with(c, "wide", intermediate_size=256))], "shapes"),
+    Case("pickle-only", lambda c: ["inspect", str(_bin_only(c))], "pickle"),
+    Case("nan-weights", lambda c: ["eval", "--model", str(_nan_model(c)), "--data", str(c.text)], "up_proj"),
+    Case("invalid-config-json", lambda c: ["inspect", str(_broken_config(c))], "not valid JSON"),
+    Case("unknown-architecture", lambda c: ["inspect", str(_model_with(c, "alien", model_type="alien"))], "alien"),
+    Case("zero-byte-safetensors", lambda c: ["inspect", str(_weights(c, b""))], "corrupt safetensors"),
+    Case("truncated-safetensors", lambda c: ["inspect", str(_weights(c, None))], "corrupt safetensors"),
+    Case("header-only-gguf", lambda c: ["inspect", str(_header_only_gguf(c))], "cannot load GGUF"),
+    Case("not-a-gguf-file", lambda c: ["inspect", str(c.file("weights.bin", b"x"))], "not a .gguf"),
+    Case(
+        "no-tokenizer-data-criterion",
+        lambda c: ["prune", "--model", str(_no_tokenizer(c)), "--out", "o", "--criterion", "wanda"],
+        "no tokenizer files",
+    ),
+    Case("bench-check-partial", lambda c: _check(c, c.bench_json("p.json", partial=True, error="died")), "partial"),
+    Case("bench-check-dtype", lambda c: _check(c, c.bench_json("d.json", dtype="bf16")), "dtype"),
+    Case("bench-check-repeats", lambda c: _check(c, c.bench_json("n.json", repeats=5)), "repeats"),
+    Case("bench-check-not-json", lambda c: _check(c, c.file("x.json", b"\xff\xfe")), "not a bench.json"),
+    Case("bench-check-missing", lambda c: _check(c, c.tmp / "in" / "none.json"), "does not exist"),
+    # numbers out of range
+    Case("eval-context-0", lambda c: ["eval", "--model", str(c.model), "--context-length", "0"], "--context-length"),
+    Case("bench-output-len-0", lambda c: ["bench", "run", str(c.model), "--output-len", "0"], "--output-len"),
+    Case("bench-repeats-0", lambda c: ["bench", "run", str(c.model), "--repeats", "0"], "--repeats"),
+    Case("bench-concurrency-text", lambda c: ["bench", "run", str(c.model), "--concurrency", "a"], "--concurrency"),
+    Case(
+        "bench-longer-than-context",
+        lambda c: ["bench", "run", str(c.model), "--baseline", str(c.model), "--input-len", "4000"],
+        "exceeds the model's context",
+    ),
+    Case("export-tp-0", lambda c: ["export", str(c.model), "--tp-size", "0", "--out", "o"], "--tp-size"),
+    Case("train-demo-steps", lambda c: ["zoo", "train-demo", "--steps", "-5", "--out", "d"], "--steps"),
+    Case("train-demo-threads", lambda c: ["zoo", "train-demo", "--threads", "-3", "--out", "d"], "--threads"),
+    *[
+        Case(f"ratio-{r}", lambda c, r=r: _prune(c, c.model, "o", "--ratio", r), "ratio")
+        for r in ("0", "1", "-0.1", "1.5")
+    ],
+    # refused before the work, not after it
+    Case(
+        "recipe-bad-alpaca",
+        lambda c: _compress(c, [{"kind": "recover", "data": str(_alpaca_bad(c))}, {"kind": "merge"}]),
+        "record 0",
+    ),
+    Case("recipe-missing-data", lambda c: _compress(c, [{"kind": "eval", "data": "in/nope.txt"}]), "does not exist"),
+    Case("recipe-empty-data", lambda c: _compress(c, [{"kind": "eval", "data": str(c.file("e.txt", ""))}]), "no text"),
+    Case(
+        "recipe-binary-data",
+        lambda c: _compress(c, [{"kind": "eval", "data": str(c.file("b.txt", b"\xff\xfe\x00"))}]),
+        "not UTF-8",
+    ),
+    Case("recipe-out-is-file", lambda c: _compress(c, [{"kind": "eval"}], _out_file(c)), "not a directory"),
+    Case(
+        "recipe-vllm-head-dim-8",
+        lambda c: _compress(c, [{"kind": "export", "format": "vllm"}], model=_model_with(c, "hd8", head_dim=8)),
+        "head_dim 8",
+    ),
+    Case(
+        "recipe-ort-genai-per-layer",
+        lambda c: _compress(
+            c,
+            [{"kind": "prune", "criterion": "l2", "allocation": "global"}, {"kind": "export", "format": "ort-genai"}],
+        ),
+        "per-layer",
+    ),
+    Case("recipe-typo", lambda c: _compress(c, [{"kind": "prune", "ratoi": 0.2}]), "unknown key"),
+    Case("recipe-type", lambda c: _compress(c, [{"kind": "prune", "ratio": "big"}]), "ratio"),
+    Case("recipe-order", lambda c: _compress(c, [{"kind": "merge"}]), "recover stage"),
+    Case("dry-run-missing-data", lambda c: _compress(c, [{"kind": "eval", "data": "nope.txt"}], dry=True), "nope"),
+    Case("export-mixtral", lambda c: ["export", str(_mixtral(c)), "--format", "onnx", "--out", "o"], "Mixtral"),
+    Case("export-not-a-dir", lambda c: ["export", str(c.text), "--format", "onnx", "--out", "o"], "not a model"),
+    Case("bench-out-file", lambda c: ["bench", "run", str(c.model), "--out", str(_out_file(c))], "not a directory"),
+    Case("mistyped-relative-path", lambda c: ["inspect", str(_mkdir(c, "fx")) + "/does_not_exist"], "does not exist"),
+    Case("hub-id-offline", lambda c: ["inspect", "nobody/no-such-model"], "neither a local path"),
+    Case("eval-json-unknown-option", lambda c: ["eval", "--json", "--nope"], "No such option"),
+]
+
+
+def _mkdir(c: Ctx, name: str) -> str:
+    Path(name).mkdir(exist_ok=True)  # in the current directory
+    return name
+
+
+def _broken_config(c: Ctx) -> Path:
+    path = _model_with(c, "broken")
+    (path / "config.json").write_text("{not json")
+    return path
+
+
+def _weights(c: Ctx, content: bytes | None) -> Path:
+    path = _model_with(c, "zero" if content == b"" else "truncated")
+    weights = path / "model.safetensors"
+    weights.write_bytes(content if content is not None else weights.read_bytes()[:2000])
+    return path
+
+
+def _mixtral(c: Ctx) -> Path:
+    import transformers
+
+    cfg = transformers.MixtralConfig(
+        vocab_size=8192, hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1, max_position_embeddings=128,
+    )  # fmt: skip
+    path = c.tmp / "in" / "mixtral"
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    c.tok.save_pretrained(path)
+    return path
+
+
+def _check(c: Ctx, report: Path) -> list[str]:
+    return ["bench", "check", str(report), "--against", str(c.bench_json("ref.json"))]
+
+
+def _compress(c: Ctx, stages: list[dict], out: Path | str = "run", model: Path | None = None, dry=False) -> list[str]:
+    args = ["compress", "--recipe", str(c.recipe(stages)), "--model", str(model or c.model), "--out", str(out)]
+    return args + (["--dry-run"] if dry else [])
+
+
+@pytest.fixture
+def ctx(tmp_path, tokenizer, text_file, monkeypatch):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd" / "keep.txt").write_text("the user's file")
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path / "cwd")
+    return Ctx(tmp_path, tokenizer, text_file)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_refusal(case: Case, ctx: Ctx, capsys):
+    args = case.args(ctx)  # builds the inputs
+    before = digest_tree(ctx.tmp)
+    code, _, err = run_cli(args, capsys)
+    assert code != 0, f"accepted: {err}"
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and not RAW_EXCEPTION.match(err), err
+    assert case.expect in err, err
+    assert digest_tree(ctx.tmp) == before, "an input or the user's files changed"
+    assert not leftovers(ctx.tmp), leftovers(ctx.tmp)
+    assert not Path("/tmp/slimdeploy-pwned").exists()
+
+
+def test_matrix_counts_in_readme():
+    """The README states how many cases the matrix has; keep it true."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"{len(CASES)} refusal cases" in readme
+
+
+def test_unreachable_hub_fails_fast_naming_both_readings(monkeypatch, tmp_path):
+    """No retries: one connection attempt to the hub's endpoint (a closed local port here)."""
+    from huggingface_hub import constants
+
+    from slimdeploy.errors import SlimdeployError
+    from slimdeploy.load.model import hub_reachable, load_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    assert not hub_reachable()
+    with pytest.raises(SlimdeployError, match="neither a local path .* hub cannot be reached"):
+        load_model("nobody/no-such-model")

@@ -236,8 +236,31 @@ CASES = [
     Case("bench-out-file", lambda c: ["bench", "run", str(c.model), "--out", str(_out_file(c))], "not a directory"),
     Case("mistyped-relative-path", lambda c: ["inspect", str(_mkdir(c, "fx")) + "/does_not_exist"], "does not exist"),
     Case("hub-id-offline", lambda c: ["inspect", "nobody/no-such-model"], "neither a local path"),
+    Case("inspect-groups-gpt2", lambda c: ["inspect", str(_gpt2(c)), "--groups"], "supported: llama"),
+    Case(
+        "recipe-not-utf8", lambda c: ["compress", "--recipe", str(c.file("b.yaml", b"\xff\xfe")), "--dry-run"], "UTF-8"
+    ),
+    Case(
+        "calibration-longer-than-context",
+        lambda c: [*_prune(c, c.model, "o", "--criterion", "wanda", "--seq-len", "1000", "--data", str(c.text))],
+        "exceeds the model's context",
+    ),
+    Case(
+        "recipe-seq-len-over-context",
+        lambda c: _compress(c, [{"kind": "recover", "seq_len": 4096}, {"kind": "merge"}]),
+        "exceeds the model's context",
+    ),
     Case("eval-json-unknown-option", lambda c: ["eval", "--json", "--nope"], "No such option"),
 ]
+
+
+def _gpt2(c: Ctx) -> Path:
+    import transformers
+
+    path = c.tmp / "in" / "gpt2"
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    return path
 
 
 def _mkdir(c: Ctx, name: str) -> str:

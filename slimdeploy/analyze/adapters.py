@@ -36,7 +36,11 @@ def family_of(model) -> Family:
 
 
 def decoder_layers(model):
-    return model.model.layers
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:  # another layout (GPT-2's transformer.h, ...): say which families we know
+        family_of(model)
+        raise SlimdeployError(f"{type(model).__name__} has no model.layers; supported: {', '.join(sorted(FAMILIES))}")
+    return layers
 
 
 @dataclass

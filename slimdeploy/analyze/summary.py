@@ -36,7 +36,11 @@ def summarize(model) -> dict:
         seen.add(id(p))
         counts[component_of(name)] += p.numel()
     layers = []
-    for i, layer in enumerate(model.model.layers):
+    # Llama-style model.layers; other layouts (GPT-2's transformer.h) are summarised too, not pruned
+    blocks = getattr(getattr(model, "model", None), "layers", None)
+    if blocks is None:
+        blocks = getattr(getattr(model, "transformer", None), "h", None) or []
+    for i, layer in enumerate(blocks):
         shapes = {n: list(p.shape) for n, p in layer.named_parameters()}
         layers.append({"index": i, "shapes": shapes})
     heads = getattr(cfg, "num_attention_heads", None)

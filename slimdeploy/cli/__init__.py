@@ -96,6 +96,11 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if FLAGS.debug:
             raise
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        # not an input we refuse on purpose: a defect. Say so, and how to get what a bug report needs.
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        print(
+            f"error: slimdeploy failed unexpectedly ({type(exc).__name__}: {first}); this is a bug, please "
+            "report it with the output of the same command run with --debug",
+            file=sys.stderr,
+        )
         sys.exit(1)

@@ -100,7 +100,7 @@ def inspect_cmd(
             f"  attention: {a['query_heads']} query heads, {a['kv_heads']} KV heads "
             f"({a['queries_per_kv']} per group), head_dim {a['head_dim']}; tied embeddings: {r['tied_embeddings']}"
         )
-        for name, shape in r["layer_shapes"][0]["shapes"].items():
+        for name, shape in (r["layer_shapes"][0]["shapes"] if r["layer_shapes"] else {}).items():
             print(f"    layers.0.{name:<32} {shape}")
         if "groups" in r:
             from slimdeploy.analyze.inspect_groups import print_groups

@@ -208,9 +208,10 @@ def check_finite(model, source: str) -> None:
 
 def require_tokenizer(tokenizer, stage: str, source: str = "the model") -> None:
     if tokenizer is None:
+        alternative = ", or use a data-free criterion (l1, l2, random)" if "criterion" in stage else ""
         raise SlimdeployError(
             f"the {stage} needs text, and {source} has no tokenizer files; add the tokenizer "
-            "(tokenizer.json / tokenizer_config.json) to the model folder, or use a data-free criterion"
+            f"(tokenizer.json / tokenizer_config.json) to the model folder{alternative}"
         )
 
 

@@ -95,6 +95,12 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) ->
                 check_exportable(config, stage.format, stage.dtype, stage.verify, per_layer or None)
             except SlimdeployError as exc:
                 raise SlimdeployError(f"stages[{i}] (export {stage.format}): {exc}") from None
+        seq_len = getattr(stage, "seq_len", None)
+        if seq_len and config is not None and seq_len > config.get("max_position_embeddings", seq_len):
+            raise SlimdeployError(
+                f"stages[{i}] ({stage.kind}): seq_len {seq_len} exceeds the model's context of "
+                f"{config['max_position_embeddings']} tokens; lower seq_len"
+            )
         if stage.kind == "bench":
             from slimdeploy.serve.backends import check_backend
 

@@ -6,6 +6,7 @@ import json
 import resource
 from pathlib import Path
 
+from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.data import calibration_data
 from slimdeploy.load.model import load_model, require_tokenizer
 from slimdeploy.prune.api import PruneConfig, prune
@@ -28,6 +29,11 @@ def prune_loaded(loaded, config: PruneConfig, progress=None) -> dict:
     batches, data_fp = None, None
     if needs_text(config):
         require_tokenizer(loaded.tokenizer, f"{config.criterion} criterion's calibration", loaded.source)
+        max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
+        if max_pos and config.seq_len > max_pos:
+            raise SlimdeployError(
+                f"seq_len {config.seq_len} exceeds the model's context of {max_pos} tokens; lower seq_len"
+            )
         batches, data_fp = calibration_data(
             loaded.tokenizer, config.data, config.n_samples, config.seq_len, config.seed
         )

@@ -95,7 +95,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_recipe(spec: str, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
     """Parse, override, validate and order-check a recipe, before any weights are loaded."""
     path = find_recipe(spec)
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SlimdeployError(f"{path} is not UTF-8 text; a recipe is a YAML file") from None
+    except IsADirectoryError:
+        raise SlimdeployError(f"{path} is a directory; pass a recipe .yaml file") from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text)

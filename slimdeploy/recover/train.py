@@ -133,6 +133,9 @@ def recover(
     from slimdeploy.load.model import require_tokenizer
 
     require_tokenizer(tokenizer, "recover stage")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and cfg.seq_len > max_pos:
+        raise SlimdeployError(f"recover seq_len {cfg.seq_len} exceeds the model's context of {max_pos} tokens")
     mix = DataMixture.build(tokenizer, cfg)
     fp = mix.fingerprints if len(mix.sources) > 1 else mix.fingerprints[0]
     held = None

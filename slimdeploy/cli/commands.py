@@ -35,9 +35,24 @@ def eval_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     dtype: DtypeOpt = "fp32",
     trust_remote_code: TrustOpt = False,
+    protocol: Annotated[
+        str,
+        typer.Option(help="sliding (ours) | wikitext2 (SparseGPT/SliceGPT windows) | llm-pruner (128 tokens)"),
+    ] = "sliding",
+    tasks: Annotated[
+        Optional[str], typer.Option(help="lm-eval zero-shot tasks, e.g. arc_easy,piqa,boolq (needs [eval]).")
+    ] = None,
+    task_data: Annotated[
+        Optional[Path], typer.Option(help="Offline: a folder of <task>.jsonl files in the hub datasets' schemas.")
+    ] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Seeded subset of N documents per task.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --limit subset.")] = 0,
 ) -> None:
-    """Perplexity of a model on text, with the sliding-window protocol recorded in the output."""
+    """Perplexity of a model on text, and zero-shot accuracy (lm-eval) with --tasks; protocols recorded."""
     from slimdeploy.evaluate.api import evaluate_perplexity
+
+    if tasks is not None:
+        return _eval_tasks(model, tasks, task_data, limit, seed, batch_size, dtype, trust_remote_code, data, protocol)
 
     result = evaluate_perplexity(
         model,
@@ -51,6 +66,7 @@ def eval_cmd(
         dtype,
         trust_remote_code,
         progress_factory=progress_bar,
+        protocol=protocol,
     )
 
     def human(r: dict) -> None:
@@ -58,13 +74,37 @@ def eval_cmd(
         print(f"model        {r['model']}")
         print(f"data         {r['data'].get('source')}")
         print(
-            f"protocol     context {p['context_length']}, stride {p['stride']}, boundary {p['boundary']}, "
-            f"doc_split {p['doc_split']}"
+            f"protocol     {p['name']}: context {p['context_length']}, stride {p['stride']}, "
+            f"boundary {p['boundary']}, doc_split {p['doc_split']}{', chunked' if p['chunked'] else ''}"
         )
         print(f"tokens       {r['tokens_scored']}")
         print(f"nll          {r['nll']:.5f}")
         print(f"ppl          {r['ppl']:.4f}")
         print(f"wall time    {r['wall_s']:.1f} s")
+
+    emit(result, human)
+
+
+def _eval_tasks(model, tasks, task_data, limit, seed, batch_size, dtype, trust, data, protocol) -> None:
+    from slimdeploy.evaluate.api import evaluate_zero_shot
+    from slimdeploy.evaluate.zeroshot import parse_tasks
+
+    ppl = {"data": data, "protocol": protocol} if data or protocol != "sliding" else None
+    result = evaluate_zero_shot(
+        model, parse_tasks(tasks), task_data, limit, batch_size, dtype, trust, seed, ppl, progress_bar
+    )
+
+    def human(r: dict) -> None:
+        zs = r["zero_shot"]
+        print(f"model        {r['model']} ({zs['protocol']['dtype']}, {zs['protocol']['harness']}, 0-shot)")
+        for name, t in zs["tasks"].items():
+            norm = f", acc_norm {t['acc_norm']:.4f} +- {t['acc_norm_stderr']:.4f}" if "acc_norm" in t else ""
+            print(f"{name:<14} acc {t['acc']:.4f} +- {t['acc_stderr']:.4f}{norm}  (n={t['n']} of {t['of']})")
+            if "warning" in t:
+                print(f"  warning: {t['warning']}")
+        print(f"mean acc     {zs['mean_acc']:.4f} over {len(zs['tasks'])} tasks; {zs['protocol']['subset']}")
+        if "perplexity" in r:
+            print(f"perplexity   {r['perplexity']['ppl']:.4f} ({r['perplexity']['protocol']['name']})")
 
     emit(result, human)
 

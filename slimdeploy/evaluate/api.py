@@ -30,12 +30,17 @@ def evaluate_loaded(
     max_tokens: int | None = None,
     batch_size: int = 8,
     progress=None,
+    protocol_name: str = "sliding",
 ) -> dict:
-    """Perplexity of an in-memory model on a text source (None: the demo corpus' held-out split)."""
+    """Perplexity of an in-memory model on a text source (None: the demo corpus' held-out split).
+
+    `protocol_name` "wikitext2" / "llm-pruner" use the papers' protocols (protocols.py) on WikiText-2."""
     from slimdeploy.load.data import load_texts, split_documents, token_stream
     from slimdeploy.load.model import require_tokenizer
 
     require_tokenizer(tokenizer, "eval stage (perplexity)")
+    if protocol_name != "sliding":
+        return _evaluate_named(model, tokenizer, data, protocol_name, max_tokens, batch_size, progress)
     source = load_texts(data, split="eval")
     protocol = default_protocol(model, **protocol_args)
     docs = split_documents(source.docs, protocol.doc_split) if source.kind == "text" else source.docs
@@ -44,6 +49,24 @@ def evaluate_loaded(
         stream = stream[:max_tokens]
     result = perplexity(model, stream, protocol, batch_size=batch_size, progress=progress)
     result["data"] = source.fingerprint
+    return result
+
+
+def _evaluate_named(model, tokenizer, data, name: str, max_tokens, batch_size, progress) -> dict:
+    from slimdeploy.evaluate.protocols import WIKITEXT_HUB, named_protocol, protocol_stream, wikitext_rows
+
+    protocol = named_protocol(name, getattr(model.config, "max_position_embeddings", None))
+    if data is None:
+        raise SlimdeployError(
+            f"the {name} protocol scores WikiText-2's raw test split: pass --data path/to/wiki.test.raw "
+            f"(or {WIKITEXT_HUB})"
+        )
+    rows, fingerprint = wikitext_rows(data)
+    stream = protocol_stream(tokenizer, rows)
+    if max_tokens:
+        stream = stream[:max_tokens]
+    result = perplexity(model, stream, protocol, batch_size=batch_size, progress=progress)
+    result["data"] = {**fingerprint, "tokens": int(len(stream))}
     return result
 
 
@@ -59,6 +82,7 @@ def evaluate_perplexity(
     dtype="fp32",
     trust_remote_code=False,
     progress_factory=None,
+    protocol="sliding",
 ) -> dict:
     """The `slimdeploy eval` stage: load, then score."""
     from slimdeploy.load.model import load_model
@@ -74,7 +98,33 @@ def evaluate_perplexity(
             max_tokens,
             batch_size,
             update,
+            protocol,
         )
     result["model"] = loaded.source
     result["dtype"] = dtype
+    return result
+
+
+def evaluate_zero_shot(
+    model_spec, tasks: list[str], task_data, limit, batch_size, dtype, trust_remote_code, seed=0, ppl=None,
+    progress_factory=None,
+) -> dict:  # fmt: skip
+    """`slimdeploy eval --tasks`: zero-shot accuracy (and, with ppl_args, perplexity) from one load."""
+    from pathlib import Path
+
+    from slimdeploy.evaluate.zeroshot import check_tasks, zero_shot
+    from slimdeploy.load.model import load_model, require_tokenizer
+
+    task_data = Path(task_data) if task_data else None
+    check_tasks(tasks, task_data, limit)  # before the model loads
+    loaded = load_model(model_spec, dtype, trust_remote_code)
+    require_tokenizer(loaded.tokenizer, "zero-shot evaluation")
+    result = {"model": loaded.source, "dtype": dtype}
+    result["zero_shot"] = zero_shot(loaded.model, loaded.tokenizer, tasks, task_data, limit, batch_size, seed)
+    if ppl is not None:  # {"data": source, "protocol": name}
+        bar = progress_factory("perplexity") if progress_factory else nullcontext(None)
+        with bar as update:
+            result["perplexity"] = evaluate_loaded(
+                loaded.model, loaded.tokenizer, ppl["data"], {}, progress=update, protocol_name=ppl["protocol"]
+            )
     return result

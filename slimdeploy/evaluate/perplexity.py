@@ -7,6 +7,10 @@ Text files are one document unless doc_split is "blank-line" (paragraphs become 
 window that contains it with at least one token of context: windows start every `stride` tokens, but never
 later than one token before the previous window's end (so stride == context still scores every token).
 The first token is never scored.
+
+`chunked` protocols (the papers' WikiText-2 numbers: SparseGPT, SliceGPT, LLM-Pruner) instead cut the stream
+into non-overlapping windows of `context_length`, drop the incomplete tail, and score every token of a
+window but its first: no token gets more context than its window gives it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class PerplexityProtocol:
     stride: int = 256
     boundary: str = "bos"  # bos | eos | none
     doc_split: str = "none"  # none | blank-line (text files only: paragraphs become documents)
+    chunked: bool = False  # non-overlapping windows, tail dropped, first token of each window unscored
+    name: str = "sliding"  # which named protocol produced these settings
 
     def check(self, n_tokens: int) -> None:
         if self.boundary not in ("bos", "eos", "none") or self.doc_split not in ("blank-line", "none"):
@@ -41,8 +47,10 @@ class PerplexityProtocol:
             )
 
 
-def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+def windows(n_tokens: int, context: int, stride: int, chunked: bool = False) -> list[tuple[int, int, int]]:
     """(begin, end, first_target) per window; targets first_target..end-1 are scored in that window."""
+    if chunked:
+        return [(i * context, (i + 1) * context, i * context + 1) for i in range(n_tokens // context)]
     out, prev_end, begin = [], 1, 0
     while prev_end < n_tokens:
         end = min(begin + context, n_tokens)
@@ -62,7 +70,7 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
 def perplexity(model, stream: torch.Tensor, protocol: PerplexityProtocol, batch_size: int = 8, progress=None) -> dict:
     """Score `stream` (1-D token ids) under `protocol`; returns tokens scored, mean NLL, ppl, wall time."""
     protocol.check(len(stream))
-    wins = windows(len(stream), protocol.context_length, protocol.stride)
+    wins = windows(len(stream), protocol.context_length, protocol.stride, protocol.chunked)
     t0 = time.perf_counter()
     total, count = 0.0, 0
     device = next(model.parameters()).device
@@ -79,8 +87,9 @@ def perplexity(model, stream: torch.Tensor, protocol: PerplexityProtocol, batch_
         i += len(group)
         if progress:
             progress(i, len(wins))
-    if count != len(stream) - 1:
-        raise AssertionError(f"scored {count} tokens, expected {len(stream) - 1}")
+    expected = len(wins) * (protocol.context_length - 1) if protocol.chunked else len(stream) - 1
+    if count != expected:
+        raise AssertionError(f"scored {count} tokens, expected {expected}")
     mean = total / count
     return {
         "tokens_scored": count,

@@ -83,7 +83,7 @@ def load_texts(source: str | None, split: str = "eval") -> TextSource:
     return TextSource(docs, fp, kind="jsonl" if path.suffix == ".jsonl" else "text")
 
 
-def _load_hf(source: str) -> TextSource:
+def _hf_dataset(source: str):
     parts = source[3:].split(":")
     if len(parts) not in (2, 3):
         raise SlimdeployError(f"bad dataset spec {source!r}; use hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
@@ -98,6 +98,17 @@ def _load_hf(source: str) -> TextSource:
         raise SlimdeployError(f"could not load dataset {source}: {str(exc).splitlines()[0]}") from None
     if "text" not in ds.column_names:
         raise SlimdeployError(f"dataset {source} has no `text` column (columns: {', '.join(ds.column_names)})")
+    return ds
+
+
+def hf_rows(source: str) -> tuple[list[str], dict]:
+    """Every row of an hf: dataset's text column, blank ones included (named perplexity protocols)."""
+    ds = _hf_dataset(source)
+    return list(ds["text"]), {"source": source, "rows": len(ds), "fingerprint": ds._fingerprint}
+
+
+def _load_hf(source: str) -> TextSource:
+    ds = _hf_dataset(source)
     docs = [t for t in ds["text"] if t and t.strip()]
     return TextSource(docs, {"source": source, "documents": len(docs), "fingerprint": ds._fingerprint}, kind="hf")
 

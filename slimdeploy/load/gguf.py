@@ -58,9 +58,15 @@ def tolerant_gguf_reader(dropped: list[str]):
     saved_pkg = getattr(pkg, "read_gguf_metadata", None)
     reader.read_gguf_metadata = read
     pkg.read_gguf_metadata = read
+    import transformers.modeling_gguf_pytorch_utils as conv
+
+    saved_tqdm = getattr(conv, "tqdm", None)
+    conv.tqdm = lambda it, *a, **k: it  # its dequantization bar would break one-line errors on stderr
     try:
         yield
     finally:
+        if saved_tqdm is not None:
+            conv.tqdm = saved_tqdm
         reader.read_gguf_metadata = original
         if saved_pkg is not None:
             pkg.read_gguf_metadata = saved_pkg

@@ -49,6 +49,11 @@ def resolve_source(spec: str | None) -> tuple[str, str]:
                 "with `slimdeploy zoo train-demo`"
             )
         return "demo", str(path)
+    if spec.startswith("zoo:"):
+        from slimdeploy.zoo.registry import resolve
+
+        location = resolve(spec)
+        return ("demo" if location == demo_model_dir() else "dir"), str(location)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":

@@ -53,7 +53,14 @@ def check_data(stage, recipe: Recipe) -> None:
     if stage.kind == "eval":
         from slimdeploy.load.data import load_texts
 
-        load_texts(stage.data or recipe.eval_data, split="eval")
+        if stage.protocol != "sliding":
+            from slimdeploy.evaluate.protocols import wikitext_rows
+
+            if not (stage.data or recipe.eval_data):
+                raise SlimdeployError(f"the eval stage's {stage.protocol} protocol needs data: WikiText-2's raw test")
+            wikitext_rows(stage.data or recipe.eval_data)
+        else:
+            load_texts(stage.data or recipe.eval_data, split="eval")
     elif stage.kind == "prune" and stage_needs_text(stage) and stage.data is not None:
         from slimdeploy.load.data import load_texts
 

@@ -78,7 +78,13 @@ def _stage_eval(state: State, stage, recipe: Recipe, progress) -> dict:
     model = state.peft or state.loaded.model
     args = {"context_length": stage.context_length, "stride": stage.stride}
     r = evaluate_loaded(
-        model, state.loaded.tokenizer, stage.data or recipe.eval_data, args, stage.max_tokens, progress=progress
+        model,
+        state.loaded.tokenizer,
+        stage.data or recipe.eval_data,
+        args,
+        stage.max_tokens,
+        progress=progress,
+        protocol_name=stage.protocol,
     )
     r["label"] = "recovered" if state.recovered else "pruned" if state.pruned else "dense"
     return r

@@ -32,6 +32,9 @@ class EvalStage(BaseModel):
     context_length: int | None = Field(None, ge=2)
     stride: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(60000, ge=16, description="score at most this many tokens (None: all)")
+    protocol: Literal["sliding", "wikitext2", "llm-pruner"] = Field(
+        "sliding", description="sliding (ours) | wikitext2 (SparseGPT/SliceGPT) | llm-pruner (128-token windows)"
+    )
 
 
 EXPORT_DTYPES = {"vllm": ["fp32"], "onnx": ["fp32", "fp16", "bf16"], "ort-genai": ["fp32", "fp16", "int4"]}

@@ -1,0 +1,169 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on the model already in memory.
+
+The official task definitions (prompts, choices, acc / acc_norm) come from lm-eval itself; only where the
+documents come from changes: with `task_data`, each task reads `<task_data>/<task>.jsonl` in the hub
+dataset's own schema instead of the hub (offline). A `limit` draws a seeded subset of that many documents
+per task (lm-eval's `samples`), not the first N, and the standard errors lm-eval reports are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+from slimdeploy.errors import SlimdeployError
+
+# fields each task's documents need (the hub schemas); tasks not listed are passed through unchecked
+SCHEMAS = {
+    "arc_easy": ("question", "choices", "answerKey"),
+    "arc_challenge": ("question", "choices", "answerKey"),
+    "piqa": ("goal", "sol1", "sol2", "label"),
+    "boolq": ("question", "passage", "label"),
+    "hellaswag": ("ctx", "endings", "label", "activity_label"),
+    "winogrande": ("sentence", "option1", "option2", "answer"),
+    "openbookqa": ("question_stem", "choices", "answerKey"),
+    "lambada_openai": ("text",),
+}
+CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "boolq": 0.5, "hellaswag": 0.25, "winogrande": 0.5}
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise SlimdeployError("zero-shot tasks need lm-evaluation-harness: pip install 'slimdeploy[eval]'") from None
+    return lm_eval, TaskManager
+
+
+def parse_tasks(tasks: str | list[str]) -> list[str]:
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise SlimdeployError("--tasks is empty; name lm-eval tasks, e.g. arc_easy,piqa,boolq")
+    return names
+
+
+def check_tasks(names: list[str], task_data: Path | None, limit: int | None) -> None:
+    """Everything that can be refused before a model loads: names, files, schemas, limit."""
+    _, TaskManager = _lm_eval()
+    if limit is not None and limit < 1:
+        raise SlimdeployError(f"--limit {limit}: give 1 or more documents per task (or leave it out: all)")
+    known = set(TaskManager().all_tasks)
+    for name in names:
+        if name not in known:
+            close = sorted(k for k in known if name.split("_")[0] in k)[:5]
+            raise SlimdeployError(
+                f"lm-eval has no task {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            )
+        if task_data is not None:
+            _check_file(name, Path(task_data))
+
+
+def _check_file(name: str, task_data: Path) -> Path:
+    path = task_data / f"{name}.jsonl"
+    if not path.is_file():
+        raise SlimdeployError(f"no {path.name} in {task_data}: --task-data needs one JSONL file per task")
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = json.loads(next(line for line in f if line.strip()))
+    except (StopIteration, json.JSONDecodeError, UnicodeDecodeError):
+        raise SlimdeployError(f"{path} is empty or not JSONL; one document per line in the hub schema") from None
+    missing = [k for k in SCHEMAS.get(name, ()) if k not in first]  # (first document only: the schema)
+    if missing:
+        raise SlimdeployError(
+            f"{path} does not have {name}'s hub schema (missing {', '.join(missing)}); "
+            f"expected fields {', '.join(SCHEMAS[name])}"
+        )
+    return path
+
+
+def label_skew(task, limit: float = 0.95) -> str | None:
+    """A warning when nearly every document has the same gold answer (BoolQ is 62% yes; a file whose
+    labels are all one value measures a bias, not accuracy)."""
+    from collections import Counter
+
+    docs = list(task.eval_docs)
+    if len(docs) < 50:
+        return None
+    try:
+        golds = Counter(str(task.doc_to_target(d)) for d in docs)
+    except Exception:  # a task whose targets need more than the document: nothing to check
+        return None
+    value, count = golds.most_common(1)[0]
+    if count / len(docs) >= limit:
+        return f"{count} of {len(docs)} documents have the same gold answer ({value}); check the task data's labels"
+    return None
+
+
+def _task_config(tm, name: str, path: Path) -> dict:
+    """lm-eval's own config for `name` with its evaluation split read from a local JSONL file."""
+    cfg = dict(tm._factory._load_full_config(tm._entry(name), None))
+    split = cfg.get("test_split") or cfg.get("validation_split")
+    cfg.update(
+        task=name,
+        dataset_path="json",
+        dataset_name=None,
+        dataset_kwargs={"data_files": {split: str(path)}},
+        training_split=None,
+        fewshot_split=None,
+        test_split=split if cfg.get("test_split") else None,
+        validation_split=None if cfg.get("test_split") else split,
+    )
+    return cfg
+
+
+def zero_shot(
+    model, tokenizer, tasks: list[str], task_data: Path | None = None, limit: int | None = None,
+    batch_size: int = 16, seed: int = 0,
+) -> dict:  # fmt: skip
+    """Accuracy per task (acc, acc_norm with lm-eval's standard errors) and the mean over tasks."""
+    lm_eval, TaskManager = _lm_eval()
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import get_task_dict
+
+    check_tasks(tasks, task_data, limit)
+    tm = TaskManager()
+    specs = [_task_config(tm, n, _check_file(n, Path(task_data))) if task_data else n for n in tasks]
+    task_dict = get_task_dict(specs, tm)
+    samples, sizes, warnings = {}, {}, {}
+    for name, task in task_dict.items():
+        n = len(task.eval_docs)
+        sizes[name] = n
+        skew = label_skew(task)
+        if skew:
+            warnings[name] = skew
+        if limit is not None and limit < n:
+            samples[name] = sorted(random.Random(f"{seed}:{name}").sample(range(n), limit))
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(
+        model=lm, tasks=list(task_dict.values()), task_manager=tm, num_fewshot=0, samples=samples or None,
+        log_samples=False, random_seed=seed, verbosity="ERROR",
+    )  # fmt: skip
+    results = {}
+    for name in tasks:
+        r = out["results"][name]
+        row = {"n": len(samples.get(name, range(sizes[name]))), "of": sizes[name], "chance": CHANCE.get(name)}
+        if name in warnings:
+            row["warning"] = warnings[name]
+        for metric in ("acc", "acc_norm"):
+            if f"{metric},none" in r:
+                row[metric] = r[f"{metric},none"]
+                row[f"{metric}_stderr"] = r.get(f"{metric}_stderr,none")
+        results[name] = row
+    accs = [r["acc"] for r in results.values() if "acc" in r]
+    return {
+        "tasks": results,
+        "mean_acc": sum(accs) / len(accs) if accs else None,
+        "protocol": {
+            "harness": f"lm-eval {lm_eval.__version__}",
+            "num_fewshot": 0,
+            "data": str(task_data) if task_data else "hub",
+            "subset": f"seeded sample of {limit} per task (seed {seed})" if samples else "full",
+            "batch_size": batch_size,
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        },
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }

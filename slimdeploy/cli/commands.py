@@ -217,6 +217,18 @@ def compress_cmd(
 
     data_sets = [f"{k}.data={data}" for k in sorted(stage_kinds(recipe) & {"prune", "recover", "eval"})] if data else []
     rec, path = load_recipe(recipe, data_sets + list(set_ or []))
+    from slimdeploy.load.model import params_on_disk
+
+    n_params = params_on_disk(model or rec.model)
+    if n_params is not None and n_params > rec.real_model_min_params:
+        if rec.real_model:
+            rec, path = load_recipe(recipe, data_sets + list(set_ or []), n_params)
+            info(f"{n_params / 1e6:.0f}M parameters: the recipe's real-model budgets apply ({rec.real_model})")
+        else:
+            info(
+                f"warning: recipe {rec.name} has no real_model budgets; its demo-sized token budgets run on a "
+                f"{n_params / 1e6:.0f}M-parameter model (raise them with --set, e.g. recover.steps=...)"
+            )
     from slimdeploy.pipeline.preflight import preflight
 
     out = out or Path("runs") / rec.name

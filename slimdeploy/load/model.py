@@ -274,3 +274,29 @@ def _load(auto_model, auto_tok, location: str, kind: str, with_tokenizer: bool, 
         tok_kwargs = {k: v for k, v in kwargs.items() if k in ("trust_remote_code", "local_files_only")}
         tokenizer = _tokenizer(auto_tok, location, tok_kwargs)
     return Loaded(model=model, tokenizer=tokenizer, source=location, kind=kind)
+
+
+def safetensors_params(model_dir: Path) -> int:
+    """Parameter count from the safetensors headers (no weights read)."""
+    import struct
+
+    total = 0
+    for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(shard, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in meta["shape"]:
+                    count *= d
+                total += count
+    return total
+
+
+def params_on_disk(spec: str | None) -> int | None:
+    """Parameters of a model folder (the demo, a zoo model, a directory) without loading it; None otherwise."""
+    if spec is not None and spec.startswith("shape:"):
+        return None
+    kind, location = resolve_source(spec)
+    return safetensors_params(Path(location)) if kind in ("dir", "demo") else None

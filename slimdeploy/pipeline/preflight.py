@@ -30,6 +30,7 @@ def data_inputs(recipe: Recipe) -> list[str]:
     for st in recipe.stages:
         data = getattr(st, "data", None)
         paths += data if isinstance(data, list) else [data] if data else []
+        paths += [st.task_data] if getattr(st, "task_data", None) else []
     return paths
 
 
@@ -52,6 +53,11 @@ def check_data(stage, recipe: Recipe) -> None:
     """Read and parse the stage's data now, so a bad file fails before any stage runs."""
     if stage.kind == "eval":
         from slimdeploy.load.data import load_texts
+
+        if stage.tasks:
+            from slimdeploy.evaluate.zeroshot import check_tasks
+
+            check_tasks(stage.tasks, Path(stage.task_data) if stage.task_data else None, stage.limit)
 
         if stage.protocol != "sliding":
             from slimdeploy.evaluate.protocols import wikitext_rows

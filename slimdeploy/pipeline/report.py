@@ -97,7 +97,9 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
     return files
 
 
-def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str | None) -> dict:
+def write_outputs(
+    out: Path, recipe: Recipe, stages: list[dict], model_spec: str | None, samples_after: list[dict] | None = None
+) -> dict:
     (out / "plots").mkdir(exist_ok=True)
     summary = summarize_stages(stages)
     seeds = {
@@ -111,6 +113,7 @@ def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str
         "stages": stages,
         "versions": versions(),
         "seeds": seeds,
+        "samples": {"before": stages[0].get("samples", []), "after": samples_after or []},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     plots = _plots(out, stages)
@@ -130,6 +133,7 @@ def write_outputs(out: Path, recipe: Recipe, stages: list[dict], model_spec: str
         ppl = f"{s['ppl']:.3f} ({s['label']})" if s["kind"] == "eval" else ""
         lines.append(f"| {s['index']} | {s['kind']} | {s['seconds']} | {s['peak_rss_mb']} | {s['params']:,} | {ppl} |")
     lines += [""] + [_artifact_line(s) for s in stages if s["kind"] in ("export", "bench")]
+    lines += _budget_lines(stages) + _zero_shot_lines(stages) + _sample_lines(report["samples"])
     lines += (
         [""]
         + [f"![{p}]({p})" for p in plots]
@@ -179,3 +183,49 @@ def _artifact_line(s: dict) -> str:
 
 def _per_layer(out: Path) -> bool:
     return "slimdeploy_layer_widths" in (out / "config.json").read_text()
+
+
+def stage_tokens(s: dict) -> int | None:
+    """Tokens a stage consumed: calibration windows for prune, optimizer tokens for recover."""
+    if s["kind"] == "prune" and s.get("calibration"):
+        return s["calibration"].get("n_samples", 0) * s["calibration"].get("seq_len", 0)
+    if s["kind"] == "recover":
+        return s.get("tokens")
+    return None
+
+
+def _budget_lines(stages: list[dict]) -> list[str]:
+    rows = [(s["index"], s["kind"], stage_tokens(s)) for s in stages[1:] if stage_tokens(s)]
+    if not rows:
+        return []
+    return ["", "Token budgets: " + "; ".join(f"stage {i} ({k}) {n:,} tokens" for i, k, n in rows)]
+
+
+def _zero_shot_lines(stages: list[dict]) -> list[str]:
+    rows = [s for s in stages if s["kind"] == "eval" and s.get("zero_shot")]
+    if not rows:
+        return []
+    tasks = list(rows[0]["zero_shot"]["tasks"])
+    lines = ["", "Zero-shot accuracy (lm-eval, acc +- stderr):", "", "| stage | " + " | ".join(tasks) + " | mean |"]
+    lines.append("|---" * (len(tasks) + 2) + "|")
+    for s in rows:
+        zs = s["zero_shot"]
+        cells = [f"{zs['tasks'][t]['acc']:.3f} +- {zs['tasks'][t]['acc_stderr']:.3f}" for t in tasks]
+        lines.append(f"| {s['index']} ({s['label']}) | " + " | ".join(cells) + f" | {zs['mean_acc']:.3f} |")
+    return lines
+
+
+def _sample_lines(samples: dict) -> list[str]:
+    if not samples["before"] or not samples["after"]:
+        return []
+    lines = [
+        "",
+        "Greedy answers to fixed prompts (before -> after):",
+        "",
+        "| prompt | before | after |",
+        "|---|---|---|",
+    ]
+    for b, a in zip(samples["before"], samples["after"], strict=True):
+        clean = [x.replace("|", "\\|").replace("\n", " ")[:160] for x in (b["prompt"], b["answer"], a["answer"])]
+        lines.append("| " + " | ".join(clean) + " |")
+    return lines

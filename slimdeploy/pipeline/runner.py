@@ -18,6 +18,7 @@ import torch
 
 from slimdeploy.analyze.summary import param_stats
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.evaluate.samples import greedy_answers
 from slimdeploy.export.api import run_export  # light: each exporter imports its runtime lazily
 from slimdeploy.load.model import Loaded, load_model
 from slimdeploy.pipeline.preflight import preflight
@@ -87,6 +88,13 @@ def _stage_eval(state: State, stage, recipe: Recipe, progress) -> dict:
         protocol_name=stage.protocol,
     )
     r["label"] = "recovered" if state.recovered else "pruned" if state.pruned else "dense"
+    if stage.tasks:
+        from slimdeploy.evaluate.zeroshot import zero_shot
+
+        task_data = Path(stage.task_data) if stage.task_data else None
+        r["zero_shot"] = zero_shot(
+            model, state.loaded.tokenizer, stage.tasks, task_data, stage.limit, stage.batch_size, recipe.seed
+        )
     return r
 
 
@@ -244,7 +252,9 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         log(f"resuming after stage {start} of {len(recipe.stages)} from {work}")
     else:
         state, start = State(load_model(model_spec, "fp32", trust_remote_code)), 0
-        state.stages.append({"kind": "load", "source": state.loaded.source, **param_stats(state.loaded.model)})
+        before = greedy_answers(state.loaded.model, state.loaded.tokenizer)  # shown beside the compressed ones
+        record = {"kind": "load", "source": state.loaded.source, "samples": before}
+        state.stages.append({**record, **param_stats(state.loaded.model)})
     needs_teacher = any(getattr(s, "kd_weight", 0) > 0 for s in recipe.stages[start:])
     if needs_teacher:
         state.teacher = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=False).model
@@ -293,7 +303,8 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         if (work / produced).exists():
             shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
-    report = write_outputs(final, recipe, state.stages, model_spec)
+    after = greedy_answers(state.loaded.model, state.loaded.tokenizer)
+    report = write_outputs(final, recipe, state.stages, model_spec, after)
     write_marker(final, "compress")
     check_output(out, force, [model_spec])  # re-checked: the run may have taken hours
     if out.exists():

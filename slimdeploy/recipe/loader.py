@@ -92,8 +92,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_recipe(spec: str, overrides: list[str] | None = None) -> tuple[Recipe, Path]:
-    """Parse, override, validate and order-check a recipe, before any weights are loaded."""
+def real_model_overrides(data: dict, model_params: int | None) -> list[str]:
+    """A recipe's `real_model:` budgets (KIND.KEY: value), applied when the model is larger than
+    `real_model_min_params`: demo-sized budgets are never run on a real model without saying so."""
+    section = data.get("real_model") or {}
+    if not section or model_params is None or model_params <= data.get("real_model_min_params", 50_000_000):
+        return []
+    return [f"{k}={json.dumps(v)}" for k, v in section.items()]
+
+
+def load_recipe(spec: str, overrides: list[str] | None = None, model_params: int | None = None) -> tuple[Recipe, Path]:
+    """Parse, override, validate and order-check a recipe, before any weights are loaded. With
+    `model_params` above the recipe's threshold its `real_model:` budgets apply (the user's --set wins)."""
     path = find_recipe(spec)
     try:
         text = path.read_text(encoding="utf-8")
@@ -108,7 +118,7 @@ def load_recipe(spec: str, overrides: list[str] | None = None) -> tuple[Recipe, 
         raise SlimdeployError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SlimdeployError(f"{path}: a recipe is a mapping with name and stages")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, real_model_overrides(data, model_params) + list(overrides or []))
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:

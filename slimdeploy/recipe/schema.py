@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +35,10 @@ class EvalStage(BaseModel):
     protocol: Literal["sliding", "wikitext2", "llm-pruner"] = Field(
         "sliding", description="sliding (ours) | wikitext2 (SparseGPT/SliceGPT) | llm-pruner (128-token windows)"
     )
+    tasks: list[str] | None = Field(None, description="lm-eval zero-shot tasks on the model in memory")
+    task_data: str | None = Field(None, description="offline: folder of <task>.jsonl in the hub schemas")
+    limit: int | None = Field(None, ge=1, description="seeded subset of N documents per task")
+    batch_size: int = Field(16, ge=1)
 
 
 EXPORT_DTYPES = {"vllm": ["fp32"], "onnx": ["fp32", "fp16", "bf16"], "ort-genai": ["fp32", "fp16", "int4"]}
@@ -82,6 +86,10 @@ class Recipe(BaseModel):
     eval_data: str | None = Field(None, description="default data of eval stages")
     seed: int = 0
     stages: list[Stage] = Field(min_length=1)
+    real_model: dict[str, Any] | None = Field(
+        None, description="KIND.KEY: value budgets applied when the model has more than real_model_min_params"
+    )
+    real_model_min_params: int = Field(50_000_000, ge=0)
 
 
 def check_order(recipe: Recipe) -> None:

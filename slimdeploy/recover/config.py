@@ -39,6 +39,10 @@ class RecoverConfig(BaseModel):
         None, description=".txt/.jsonl/alpaca .json/hf: (a list mixes sources); default: demo train split"
     )
     prompt_template: str = ALPACA_TEMPLATE
+    chat_template: Literal["auto", "off"] = Field(
+        "auto",
+        description="instruction data: auto uses the model's chat template when it has one, else prompt_template",
+    )
     eval_every: int = Field(0, ge=0, description="held-out loss every N steps (0: never)")
     ckpt_every: int = Field(50, ge=1)
     seed: int = 0

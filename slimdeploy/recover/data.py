@@ -16,7 +16,9 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.data import load_texts, token_stream
 
 
-def alpaca_docs(path: Path, template: str) -> list[str]:
+def alpaca_docs(path: Path, template: str, tokenizer=None) -> list[str]:
+    """Instruction records as training text: the model's own chat template when `tokenizer` has one (a chat
+    model stays a chat model), else `template` (Alpaca's prompt format)."""
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -35,17 +37,26 @@ def alpaca_docs(path: Path, template: str) -> list[str]:
         ):
             raise SlimdeployError(f"{path}: record {i} needs string fields 'instruction' and 'output'")
         extra = row.get("input") or ""
+        if tokenizer is not None:
+            user = row["instruction"] + (f"\n\n{extra}" if extra else "")
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+            docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
+            continue
         block = f"### Input:\n{extra}\n\n" if extra else ""
         docs.append(template.format(instruction=row["instruction"], input_block=block, output=row["output"]))
     return docs
 
 
-def recovery_docs(source: str | None, template: str, split: str = "train") -> tuple[list[str], dict]:
+def recovery_docs(
+    source: str | None, template: str, split: str = "train", tokenizer=None, chat_template: str = "auto"
+) -> tuple[list[str], dict]:
     if source is not None and source.endswith(".json"):
         path = Path(source)
         if not path.exists():
             raise SlimdeployError(f"recovery data {source} does not exist")
-        return alpaca_docs(path, template), {"source": source, "format": "alpaca"}
+        chat = tokenizer if chat_template == "auto" and getattr(tokenizer, "chat_template", None) else None
+        fmt = "alpaca, the model's chat template" if chat is not None else "alpaca, prompt_template"
+        return alpaca_docs(path, template, chat), {"source": source, "format": fmt}
     texts = load_texts(source, split=split)
     return texts.docs, texts.fingerprint
 
@@ -87,7 +98,7 @@ class DataMixture:
             raise SlimdeployError("recover.data is an empty list; give at least one source")
         blocks, fps = [], []
         for src in sources:
-            docs, fp = recovery_docs(src, cfg.prompt_template)
+            docs, fp = recovery_docs(src, cfg.prompt_template, tokenizer=tokenizer, chat_template=cfg.chat_template)
             blocks.append(pack_blocks(tokenizer, docs, cfg.seq_len))
             fps.append(fp)
         return cls(sources, blocks, fps)

@@ -141,7 +141,9 @@ def recover(
     held = None
     if cfg.eval_every:
         source = cfg.data if isinstance(cfg.data, str) or cfg.data is None else cfg.data[0]
-        held_docs, _ = recovery_docs(source, cfg.prompt_template, split="eval")
+        held_docs, _ = recovery_docs(
+            source, cfg.prompt_template, split="eval", tokenizer=tokenizer, chat_template=cfg.chat_template
+        )
         held = pack_blocks(tokenizer, held_docs, cfg.seq_len)[-16:]
     total = cfg.total_steps
     ctl = _controller(model, cfg, total)

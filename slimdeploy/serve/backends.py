@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,24 +38,10 @@ def check_backend(backend: str) -> None:
         )
 
 
-def safetensors_params(model_dir: Path) -> int:
-    """Parameter count from the safetensors headers (no weights read)."""
-    total = 0
-    for shard in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in meta["shape"]:
-                    count *= d
-                total += count
-    return total
-
-
 def source_facts(model_dir: Path, dtype: str) -> dict:
     config = json.loads((Path(model_dir) / "config.json").read_text())
+    from slimdeploy.load.model import safetensors_params
+
     n = safetensors_params(model_dir)
     if not n:
         raise SlimdeployError(f"{model_dir} has no safetensors weights; pass a model directory")

@@ -250,8 +250,39 @@ CASES = [
         lambda c: _compress(c, [{"kind": "recover", "seq_len": 4096}, {"kind": "merge"}]),
         "exceeds the model's context",
     ),
+    # real models and the field's metrics (zoo, lm-eval tasks)
+    Case("zoo-unknown-name", lambda c: ["inspect", "zoo:gpt-9"], "unknown zoo model"),
+    Case("tasks-unknown", lambda c: ["eval", "--model", str(c.model), "--tasks", "arc_eazy"], "no task 'arc_eazy'"),
+    Case(
+        "tasks-data-missing",
+        lambda c: ["eval", "--model", str(c.model), "--tasks", "piqa", "--task-data", str(c.tmp / "in")],
+        "no piqa.jsonl",
+    ),
+    Case(
+        "tasks-data-wrong-schema",
+        lambda c: ["eval", "--model", str(c.model), "--tasks", "boolq", "--task-data", str(_task_dir(c))],
+        "missing passage",
+    ),
+    Case("tasks-limit-0", lambda c: ["eval", "--model", str(c.model), "--tasks", "piqa", "--limit", "0"], "--limit 0"),
+    Case(
+        "recipe-tasks-unknown",
+        lambda c: _compress(c, [{"kind": "eval", "tasks": ["arc_eazy"]}]),
+        "no task 'arc_eazy'",
+    ),
+    Case(
+        "protocol-without-data",
+        lambda c: _compress(c, [{"kind": "eval", "protocol": "wikitext2"}]),
+        "needs data",
+    ),
     Case("eval-json-unknown-option", lambda c: ["eval", "--json", "--nope"], "No such option"),
 ]
+
+
+def _task_dir(c: Ctx) -> Path:
+    d = c.tmp / "in" / "tasks"
+    d.mkdir(exist_ok=True)
+    (d / "boolq.jsonl").write_text(json.dumps({"question": "q", "answer": True}) + "\n")
+    return d
 
 
 def _gpt2(c: Ctx) -> Path:

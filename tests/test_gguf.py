@@ -35,13 +35,20 @@ def test_gguf_with_invalid_special_id_loads_and_matches(gguf_file):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # input untouched
 
 
-def test_gguf_eval_from_cli(gguf_file, capsys, text_file):
-    _, path = gguf_file
-    code, out, err = run_cli(
-        ["eval", "--model", str(path), "--data", str(text_file), "--context-length", "32", "--max-tokens", "100"],
-        capsys,
-    )
-    assert code == 0, err and "ppl" in out
+def test_gguf_eval_from_cli(gguf_file, capsys, text_file, tokenizer):
+    """The CLI's perplexity of the GGUF equals the source model's, computed here in-process."""
+    import json
+
+    from slimdeploy.evaluate.api import evaluate_loaded
+
+    model, path = gguf_file
+    args = ["--data", str(text_file), "--context-length", "32", "--max-tokens", "100"]
+    code, out, err = run_cli(["eval", "--model", str(path), *args, "--json"], capsys)
+    assert code == 0, err
+    expected = evaluate_loaded(model, tokenizer, str(text_file), {"context_length": 32}, max_tokens=100)
+    got = json.loads(out)
+    assert got["tokens_scored"] == expected["tokens_scored"] == 99
+    assert got["ppl"] == pytest.approx(expected["ppl"], rel=1e-4)
 
 
 def test_not_a_gguf(tmp_path, capsys, text_file):

@@ -76,7 +76,7 @@ def test_global_allocation_gives_per_layer_widths(tmp_path):
     )
     widths = rep["widths"]
     assert widths[0]["intermediate"] == 256  # protected
-    assert len({w["intermediate"] for w in widths[1:]}) >= 1
+    assert all(w["intermediate"] < 256 for w in widths[1:])  # the target is met in the unprotected layers only
     assert abs(rep["removed_fraction"] - 0.3) < 0.03
     save_model(model, None, tmp_path)
     from transformers import AutoTokenizer

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,27 @@ def test_global_flags_after_the_sub_command(tiny_dir, text_file, capsys):
     code, out, err = run_cli(["eval", *args, "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["tokens_scored"] > 0
+
+
+@pytest.mark.parametrize("target", ["/", "~"])
+def test_force_never_replaces_root_or_home(target, monkeypatch, tmp_path):
+    from slimdeploy.utils.fs import check_output
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SlimdeployError, match="filesystem root|home directory"):
+        check_output(Path(target).expanduser(), force=True)
+
+
+def test_resume_sweeps_half_written_exports(tmp_path):
+    """A kill -9 during an export stage leaves exports/.<format>.partial-*; it must not travel into the output."""
+    from slimdeploy.pipeline.runner import sweep_work
+
+    work = tmp_path / ".out.partial"
+    (work / "exports" / "vllm").mkdir(parents=True)
+    (work / "exports" / "vllm" / "model.safetensors").write_bytes(b"finished")
+    (work / "exports" / ".onnx.partial-x1").mkdir()
+    (work / "exports" / ".onnx.lock").write_text("123")
+    (work / "export_src").mkdir()
+    removed = sweep_work(work)
+    assert sorted(p.name for p in (work / "exports").iterdir()) == ["vllm"]
+    assert not (work / "export_src").exists() and "export_src" in removed

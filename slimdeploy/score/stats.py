@@ -57,6 +57,10 @@ class LayerStats:
     block_influence: float = 0.0
 
 
+# projections that read the same tensor as another one: their input covariance is shared, not recomputed
+SAME_INPUT = {"k": "q", "v": "q", "up": "gate"}
+
+
 class _Stop(Exception):
     pass
 
@@ -131,10 +135,18 @@ def gradient_stats(
             if weight_grads:
                 lin.weight.requires_grad_(True)
             if kfac:
-                a, g = InputStats(), InputStats()
-                stats[li].inputs[name], stats[li].out_grads[name] = a, g
-                handles.append(lin.register_forward_hook(lambda m, i, o, s=a: s.add(i[0], True)))
+                g = InputStats()
+                stats[li].out_grads[name] = g
                 handles.append(lin.register_full_backward_hook(lambda m, gi, go, s=g: s.add(go[0], True)))
+                if name in SAME_INPUT:  # k/v read q's input, up reads gate's: one A serves them (same numbers)
+                    continue
+                a = InputStats()
+                stats[li].inputs[name] = a
+                handles.append(lin.register_forward_hook(lambda m, i, o, s=a: s.add(i[0], True)))
+        if kfac:
+            for name, source in SAME_INPUT.items():
+                if source in stats[li].inputs:
+                    stats[li].inputs[name] = stats[li].inputs[source]
     # with every weight frozen, make the embeddings' output require grad so activations' grads still flow
     emb = model.get_input_embeddings()
     handles.append(emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)))

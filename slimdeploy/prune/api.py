@@ -3,59 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
 from slimdeploy.analyze.groups import layer_params
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.prune.apply import apply_plan, current_widths, record_of
+from slimdeploy.prune.config import PruneConfig, Structure  # noqa: F401  (re-exported)
 from slimdeploy.prune.plan import Budget, PrunePlan, make_plan, standardize_per_layer
 from slimdeploy.score import surgeon
-from slimdeploy.score.api import CRITERIA, score
-
-Structure = Literal["mlp", "head", "kv", "layer"]
-
-
-class PruneConfig(BaseModel):
-    """What to remove and how to choose it. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ratio: float = Field(0.2, gt=0, lt=1, description="fraction of all parameters removed")
-    criterion: str = Field("surgeon", description=f"one of {', '.join(CRITERIA)}")
-    allocation: Literal["uniform", "global"] = "uniform"
-    structures: list[Structure] = Field(default_factory=lambda: ["mlp", "head"])
-    round_to: int = Field(64, ge=1, description="kept MLP widths are multiples of this")
-    tp_size: int = Field(1, ge=1, description="keep head and channel counts divisible for tensor parallel")
-    attn_share: float | None = Field(None, ge=0, le=1, description="share of the removal taken from attention")
-    layer_share: float | None = Field(None, ge=0, le=1, description="share taken by dropping whole layers")
-    protect_first: int = Field(0, ge=0)
-    protect_last: int = Field(0, ge=0)
-    shots: int = Field(1, ge=1, le=16, description="multi-shot: prune in steps, re-scoring after each")
-    update: Literal["auto", "none", "cols", "both"] = Field(
-        "auto", description="Surgeon OBS update: consumer columns, also producer rows, or none (auto: cols)"
-    )
-    data: str | None = Field(None, description="calibration text (.txt/.jsonl/hf:); default: demo corpus")
-    n_samples: int = Field(32, ge=1)
-    seq_len: int = Field(256, ge=8)
-    seed: int = 0
-
-    @field_validator("criterion")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in CRITERIA:
-            raise ValueError(f"unknown criterion {v!r}; choose one of {', '.join(CRITERIA)}")
-        return v
-
-    @field_validator("structures")
-    @classmethod
-    def _nonempty(cls, v: list) -> list:
-        if not v:
-            raise ValueError("structures must name at least one of mlp, head, kv, layer")
-        return list(dict.fromkeys(v))
+from slimdeploy.score.api import score
 
 
 def make_budget(model) -> Budget:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from slimdeploy.errors import SlimdeployError
-from slimdeploy.prune.api import PruneConfig
+from slimdeploy.prune.config import PruneConfig
 from slimdeploy.recover.config import RecoverConfig
 
 

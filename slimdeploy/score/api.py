@@ -14,10 +14,9 @@ from slimdeploy.analyze.adapters import decoder_layers, layer_layout, linears
 from slimdeploy.analyze.groups import COLS, members
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.score import criteria, surgeon
+from slimdeploy.score.names import CRITERIA, NEEDS_DATA  # noqa: E402,F401  (one list, torch-free)
 from slimdeploy.score.stats import gradient_stats, layerwise_input_stats
 
-CRITERIA = ("random", "l1", "l2", "wanda", "flap", "taylor", "loraprune", "surgeon")
-NEEDS_DATA = ("wanda", "flap", "taylor", "loraprune", "surgeon")
 GROUP_KINDS = ("mlp", "head", "kv")
 
 

@@ -12,7 +12,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llama_gguf(model, tokenizer, path, pad_token_id: int = 0xFFFFFFFF) -> None:
+def write_llama_gguf(model, tokenizer, path, pad_token_id: int = 0xFFFFFFFF, down0_type=None) -> None:
+    """`down0_type`: write layer 0's ffn_down in that GGML quantization type (zero blocks), e.g. an unsupported one."""
     import gguf
 
     cfg = model.config
@@ -50,7 +51,13 @@ def write_llama_gguf(model, tokenizer, path, pad_token_id: int = 0xFFFFFFFF) -> 
         w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
         w.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
         w.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-        w.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+        down = sd[p + "mlp.down_proj.weight"]
+        if i == 0 and down0_type is not None:
+            block, nbytes = gguf.GGML_QUANT_SIZES[down0_type]
+            raw = np.zeros((down.shape[0], down.shape[1] // block * nbytes), dtype=np.uint8)
+            w.add_tensor(f"blk.{i}.ffn_down.weight", raw, raw_shape=raw.shape, raw_dtype=down0_type)
+        else:
+            w.add_tensor(f"blk.{i}.ffn_down.weight", down)
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
     w.add_tensor("output.weight", sd["lm_head.weight"])
     w.write_header_to_file()

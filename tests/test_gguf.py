@@ -56,3 +56,13 @@ def test_not_a_gguf(tmp_path, capsys, text_file):
     bad.write_bytes(b"GGUF" + b"\0" * 20)
     code, _, err = run_cli(["eval", "--model", str(bad), "--data", str(text_file)], capsys)
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_unsupported_quantization_type_is_one_line(tmp_path, tokenizer, capsys):
+    import gguf
+
+    model = build_tiny_model("llama", hidden_size=64, intermediate_size=256, head_dim=16, num_attention_heads=4)
+    path = tmp_path / "q81.gguf"
+    write_llama_gguf(model, tokenizer, path, down0_type=gguf.GGMLQuantizationType.Q8_1)
+    code, _, err = run_cli(["inspect", str(path)], capsys)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: cannot load GGUF file"), err

@@ -23,10 +23,10 @@ from slimdeploy.export.api import run_export  # light: each exporter imports its
 from slimdeploy.load.model import Loaded, load_model
 from slimdeploy.pipeline.preflight import preflight
 from slimdeploy.prune.io import save_model
-from slimdeploy.prune.stage import peak_rss_mb
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
+from slimdeploy.utils.memory import peak_rss_mb
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
@@ -13,11 +12,7 @@ from slimdeploy.prune.api import PruneConfig, prune
 from slimdeploy.prune.io import save_model
 from slimdeploy.score.api import NEEDS_DATA
 from slimdeploy.utils.fs import atomic_dir, check_output, output_lock
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from slimdeploy.utils.memory import peak_rss_mb
 
 
 def needs_text(config: PruneConfig) -> bool:

@@ -96,7 +96,8 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_between_stages_then_resume_equals_a_clean_run(tmp_path, tokenizer, text_file):
+@pytest.mark.parametrize("kill_after", [1, 2])  # killed inside the prune stage, then inside the last eval
+def test_kill_9_between_stages_then_resume_equals_a_clean_run(kill_after, tmp_path, tokenizer, text_file):
     from safetensors.torch import load_file
 
     model = save_tiny(tmp_path / "m", tokenizer)
@@ -105,7 +106,7 @@ def test_kill_9_between_stages_then_resume_equals_a_clean_run(tmp_path, tokenize
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     state = tmp_path / ".killed.partial" / "state.json"
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], env=env, stderr=subprocess.PIPE, text=True)
-    _kill_when(proc, lambda: state.exists() and json.loads(state.read_text())["done"] >= 1)
+    _kill_when(proc, lambda: state.exists() and json.loads(state.read_text())["done"] >= kill_after)
     resumed = subprocess.run([*cmd, "--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     clean = subprocess.run([*cmd, "--out", str(tmp_path / "clean")], env=env, capture_output=True, text=True)

@@ -52,7 +52,7 @@ def test_instruction_data_uses_the_chat_template(tmp_path, tokenizer):
         "<user>Add 2 and 3.</user><assistant>5</assistant>",
         "<user>Echo\n\nhi</user><assistant>hi</assistant>",
     ]
-    assert "chat template" in fp["format"]
+    assert fp["format"] == "alpaca" and fp["prompt"] == "chat_template"
     off, fp = recovery_docs(
         str(path), "Q:{instruction}{input_block}A:{output}", tokenizer=tokenizer, chat_template="off"
     )

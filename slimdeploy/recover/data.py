@@ -55,8 +55,8 @@ def recovery_docs(
         if not path.exists():
             raise SlimdeployError(f"recovery data {source} does not exist")
         chat = tokenizer if chat_template == "auto" and getattr(tokenizer, "chat_template", None) else None
-        fmt = "alpaca, the model's chat template" if chat is not None else "alpaca, prompt_template"
-        return alpaca_docs(path, template, chat), {"source": source, "format": fmt}
+        prompt = "chat_template" if chat is not None else "prompt_template"
+        return alpaca_docs(path, template, chat), {"source": source, "format": "alpaca", "prompt": prompt}
     texts = load_texts(source, split=split)
     return texts.docs, texts.fingerprint
 

@@ -229,11 +229,11 @@ def compress_cmd(
                 f"warning: recipe {rec.name} has no real_model budgets; its demo-sized token budgets run on a "
                 f"{n_params / 1e6:.0f}M-parameter model (raise them with --set, e.g. recover.steps=...)"
             )
-    from slimdeploy.pipeline.preflight import preflight
-
     out = out or Path("runs") / rec.name
-    facts = preflight(rec, model or rec.model, out, force)  # model, data, output, exports: before any work
-    if dry_run:
+    if dry_run:  # the checks run() starts with: model, data, output, exports; nothing loads
+        from slimdeploy.pipeline.preflight import preflight
+
+        facts = preflight(rec, model or rec.model, out, force)
         emit(
             {"recipe": str(path), "resolved": rec.model_dump(mode="json"), "preflight": facts},
             lambda r: print(dump_recipe(rec)),

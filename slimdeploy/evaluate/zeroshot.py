@@ -138,10 +138,17 @@ def zero_shot(
             samples[name] = sorted(random.Random(f"{seed}:{name}").sample(range(n), limit))
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     t0 = time.perf_counter()
-    out = lm_eval.simple_evaluate(
-        model=lm, tasks=list(task_dict.values()), task_manager=tm, num_fewshot=0, samples=samples or None,
-        log_samples=False, random_seed=seed, verbosity="ERROR",
-    )  # fmt: skip
+    import lm_eval.evaluator as evaluator
+
+    git_probe = evaluator.get_git_commit_hash  # runs `git describe` in the user's cwd: noise on stderr, not ours
+    evaluator.get_git_commit_hash = lambda: None
+    try:
+        out = lm_eval.simple_evaluate(
+            model=lm, tasks=list(task_dict.values()), task_manager=tm, num_fewshot=0, samples=samples or None,
+            log_samples=False, random_seed=seed, verbosity="ERROR",
+        )  # fmt: skip
+    finally:
+        evaluator.get_git_commit_hash = git_probe
     results = {}
     for name in tasks:
         r = out["results"][name]

@@ -8,6 +8,7 @@ per task (lm-eval's `samples`), not the first N, and the standard errors lm-eval
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -32,10 +33,17 @@ CHANCE = {"arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "boolq": 0.5, "h
 def _lm_eval():
     try:
         import lm_eval
-        from lm_eval.tasks import TaskManager
     except ImportError:
         raise SlimdeployError("zero-shot tasks need lm-evaluation-harness: pip install 'slimdeploy[eval]'") from None
-    return lm_eval, TaskManager
+    return lm_eval, _task_manager()
+
+
+@functools.cache
+def _task_manager():
+    """lm-eval's task index takes seconds to build: once per process (the checks and the run share it)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def parse_tasks(tasks: str | list[str]) -> list[str]:
@@ -47,10 +55,10 @@ def parse_tasks(tasks: str | list[str]) -> list[str]:
 
 def check_tasks(names: list[str], task_data: Path | None, limit: int | None) -> None:
     """Everything that can be refused before a model loads: names, files, schemas, limit."""
-    _, TaskManager = _lm_eval()
+    _, tm = _lm_eval()
     if limit is not None and limit < 1:
         raise SlimdeployError(f"--limit {limit}: give 1 or more documents per task (or leave it out: all)")
-    known = set(TaskManager().all_tasks)
+    known = set(tm.all_tasks)
     for name in names:
         if name not in known:
             close = sorted(k for k in known if name.split("_")[0] in k)[:5]
@@ -119,12 +127,11 @@ def zero_shot(
     batch_size: int = 16, seed: int = 0,
 ) -> dict:  # fmt: skip
     """Accuracy per task (acc, acc_norm with lm-eval's standard errors) and the mean over tasks."""
-    lm_eval, TaskManager = _lm_eval()
+    lm_eval, tm = _lm_eval()
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import get_task_dict
 
     check_tasks(tasks, task_data, limit)
-    tm = TaskManager()
     specs = [_task_config(tm, n, _check_file(n, Path(task_data))) if task_data else n for n in tasks]
     task_dict = get_task_dict(specs, tm)
     samples, sizes, warnings = {}, {}, {}

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
-from slimdeploy.export.feasibility import FORMATS, check_exportable
+from slimdeploy.export.feasibility import FORMATS, check_exportable, read_config
 from slimdeploy.utils.fs import check_output, output_lock
-
-
-def read_config(model_dir: Path) -> dict:
-    cfg_path = Path(model_dir) / "config.json"
-    if not cfg_path.is_file():
-        raise SlimdeployError(f"{model_dir} is not a model directory (no config.json); pass a model folder")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SlimdeployError(f"{cfg_path} is not valid JSON ({exc}); re-export the model") from None
-    if not isinstance(config, dict):
-        raise SlimdeployError(f"{cfg_path} is not a JSON object; re-export the model")
-    return config
 
 
 def run_export(model_dir: Path, out: Path, format: str, dtype: str, tp_size: int, verify: bool, force: bool) -> dict:

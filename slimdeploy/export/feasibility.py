@@ -7,6 +7,8 @@ config, with per-layer widths predicted from the recipe's prune allocation).
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 
@@ -19,6 +21,20 @@ RUNTIME = {
     "ort-genai": ("onnxruntime_genai", "onnxruntime-genai"),
 }
 VLLM_CPU_MIN_HEAD_DIM = 32  # vLLM's CPU attention rejects smaller head sizes (8 seen failing)
+
+
+def read_config(model_dir: Path) -> dict:
+    """config.json of a model folder, or a one-line refusal."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise SlimdeployError(f"{model_dir} is not a model directory (no config.json); pass a model folder")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SlimdeployError(f"{cfg_path} is not valid JSON ({exc}); re-export the model") from None
+    if not isinstance(config, dict):
+        raise SlimdeployError(f"{cfg_path} is not a JSON object; re-export the model")
+    return config
 
 
 def head_dim_of(config: dict) -> int:

@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.feasibility import ARCHITECTURES, VLLM_CPU_MIN_HEAD_DIM, head_dim_of, read_config
 from slimdeploy.export.nemotron_nas import to_nemotron_nas
 from slimdeploy.utils.fs import atomic_dir
 from slimdeploy.utils.trust import remote_code_allowed
 
-VLLM_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 DECILM_CODE = Path(__file__).parent / "decilm"
 COPY = (
     "config.json",
@@ -49,17 +49,11 @@ def tp_readiness(config: dict, tp_size: int) -> dict:
 
 def check_supported(model_dir: Path) -> dict:
     """Refuse what this exporter cannot represent, before writing anything."""
-    cfg_path = model_dir / "config.json"
-    if not cfg_path.exists():
-        raise SlimdeployError(f"{model_dir} is not a model directory (no config.json)")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SlimdeployError(f"{cfg_path} is not valid JSON ({exc.msg}); re-export the model") from None
+    config = read_config(model_dir)
     arch = (config.get("architectures") or ["?"])[0]
-    if arch not in VLLM_ARCHITECTURES:
+    if arch not in ARCHITECTURES:
         raise SlimdeployError(
-            f"unsupported architecture {arch} for the vLLM export; supported: {', '.join(sorted(VLLM_ARCHITECTURES))}"
+            f"unsupported architecture {arch} for the vLLM export; supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     if not list(model_dir.glob("*.safetensors")):
         raise SlimdeployError(f"{model_dir} has no safetensors weights")
@@ -81,8 +75,8 @@ def export_vllm(
         config, state, report["nemotron_nas"] = to_nemotron_nas(loaded.model)
     report["architecture"] = config["architectures"][0]
     report["tensor_parallel"] = tp_readiness(config, tp_size)
-    report["head_dim"] = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    report["cpu_attention_ok"] = report["head_dim"] >= 32  # vLLM's CPU attention rejects small head sizes
+    report["head_dim"] = head_dim_of(config)
+    report["cpu_attention_ok"] = report["head_dim"] >= VLLM_CPU_MIN_HEAD_DIM
     with atomic_dir(out, force, [model_dir], what="export") as tmp:
         if per_layer:
             write_nemotron_nas(tmp, config, state)

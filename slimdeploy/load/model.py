@@ -203,7 +203,8 @@ def _hub_hint(model_id: str) -> str:
 
 
 def check_finite(model, source: str) -> None:
-    """NaN/Inf weights make every later number meaningless: refuse them at load, naming the tensor."""
+    """NaN/Inf weights make every later number meaningless: refuse them (at load, before save), naming the
+    tensor; `source` says where (a path, or what was about to happen)."""
     import torch
 
     for name, p in model.named_parameters():
@@ -223,10 +224,14 @@ def require_tokenizer(tokenizer, stage: str, source: str = "the model") -> None:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def has_tokenizer_files(path: Path) -> bool:
+    return any((Path(path) / f).exists() for f in TOKENIZER_FILES)
+
+
 def _tokenizer(auto_tok, location: str, kwargs: dict):
     """The folder's tokenizer, or None when it has no tokenizer files (shape-only, weights-only checkpoints)."""
     path = Path(location)
-    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
+    if path.is_dir() and not has_tokenizer_files(path):
         return None
     try:
         return auto_tok.from_pretrained(location, **kwargs)

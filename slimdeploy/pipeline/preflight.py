@@ -83,7 +83,7 @@ def check_data(stage, recipe: Recipe) -> None:
 def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:
     """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts."""
     from slimdeploy.export.feasibility import check_exportable
-    from slimdeploy.load.model import TOKENIZER_FILES, resolve_source
+    from slimdeploy.load.model import has_tokenizer_files, resolve_source
 
     out = check_output(out, force, [model_spec, *data_inputs(recipe)])
     kind, config = model_config(model_spec)
@@ -92,7 +92,7 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) ->
     if kind in ("dir", "demo"):
         location = Path(resolve_source(model_spec)[1])
         text_stages = [st.kind for st in recipe.stages if stage_needs_text(st)]
-        if text_stages and not any((location / f).exists() for f in TOKENIZER_FILES):
+        if text_stages and not has_tokenizer_files(location):
             raise SlimdeployError(
                 f"the {text_stages[0]} stage needs text, and {location} has no tokenizer files; add them "
                 "(tokenizer.json / tokenizer_config.json) or drop the stages that read text"

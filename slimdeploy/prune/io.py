@@ -20,9 +20,9 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
 
     A model still wrapped with LoRA layers (an adapter not merged yet) is saved as its frozen base weights,
     under the base model's own names: the adapter is saved on its own."""
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise SlimdeployError(f"the model's weight {name} has NaN/Inf values; refusing to save it")
+    from slimdeploy.load.model import check_finite
+
+    check_finite(model, "refusing to save the model")
     state = model.state_dict()
     if any(".base_layer." in k for k in state):
         state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}

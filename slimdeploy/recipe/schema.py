@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.prune.config import PruneConfig
@@ -39,6 +39,11 @@ class EvalStage(BaseModel):
     task_data: str | None = Field(None, description="offline: folder of <task>.jsonl in the hub schemas")
     limit: int | None = Field(None, ge=1, description="seeded subset of N documents per task")
     batch_size: int = Field(16, ge=1)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _comma_separated(cls, v):  # --set eval.tasks=arc_easy,piqa reads like the CLI's --tasks
+        return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
 
 
 EXPORT_DTYPES = {"vllm": ["fp32"], "onnx": ["fp32", "fp16", "bf16"], "ort-genai": ["fp32", "fp16", "int4"]}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
+from slimdeploy.recover.losses import lm_kd_loss
 
 
 def attach_lora(model, cfg: RecoverConfig):
@@ -74,17 +75,41 @@ def lr_at(step: int, cfg: RecoverConfig) -> float:
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * KL(teacher || student), averaged over tokens."""
+    """T^2 * KL(teacher || student), averaged over tokens (full logits: the reference for lm_kd_loss)."""
     s = F.log_softmax(student_logits.float() / T, dim=-1)
     t = F.log_softmax(teacher_logits.float() / T, dim=-1)
     return (T * T) * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
 
 
-def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+def decoder_and_head(model):
+    """(decoder, lm_head) when logits are exactly lm_head(decoder(x)) (no soft-capping or scaling), else None."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = causal.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    head, decoder = causal.get_output_embeddings(), getattr(causal, "model", None)
+    if not isinstance(head, torch.nn.Linear) or decoder is None:
+        return None
+    return decoder, head
+
+
+def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True) -> torch.Tensor:
+    use_kd = teacher is not None and cfg.kd_weight > 0
+    parts = decoder_and_head(model) if chunked else None
+    t_parts = decoder_and_head(teacher) if use_kd and parts else None
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        if parts and (t_parts or not use_kd):  # logits a slice at a time (recover/losses.py)
+            hidden = parts[0](input_ids=x, use_cache=False).last_hidden_state
+            t_hidden = None
+            if use_kd:
+                with torch.no_grad():
+                    t_hidden = t_parts[0](input_ids=x.to(teacher.device), use_cache=False).last_hidden_state
+            return lm_kd_loss(
+                hidden, parts[1], x, cfg.kd_weight, cfg.kd_temperature, t_hidden, t_parts[1] if t_parts else None
+            )
         out = model(input_ids=x, labels=x, use_cache=False)
         loss = out.loss
-        if teacher is not None and cfg.kd_weight > 0:
+        if use_kd:
             with torch.no_grad():
                 t_logits = teacher(input_ids=x, use_cache=False).logits
             loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out.logits, t_logits, cfg.kd_temperature)

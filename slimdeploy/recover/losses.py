@@ -1,0 +1,73 @@
+"""Recovery losses computed from final hidden states, a slice of tokens at a time.
+
+Why: with a real vocabulary the logits dominate memory. SmolLM2 (49,152 tokens) at 8 x 512 tokens holds
+0.8 GB per fp32 logits tensor; the LM loss, the student's and the teacher's log-softmax, the KL and their
+gradients kept about ten of them alive (17 GB peak). Here the LM head runs on `chunk` tokens at a time
+inside activation checkpointing, so only one slice of logits exists at once (forward and backward); the
+result equals the full computation (tests/test_recover_losses.py).
+
+Pure tensor functions: hidden states and head weights in, a scalar loss out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+LOGITS_BUDGET = 1 << 25  # fp32 elements of one logits slice (128 MB): sets the chunk from the vocabulary
+
+
+def chunk_tokens(vocab: int) -> int:
+    return max(16, LOGITS_BUDGET // max(1, vocab))
+
+
+def shifted_labels(ids: torch.Tensor) -> torch.Tensor:
+    """Next-token labels aligned with every position; the last position of each row predicts nothing."""
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, :-1] = ids[:, 1:]
+    return labels
+
+
+def _slice_sums(h, labels, th, weight, bias, t_weight, t_bias, T: float):
+    logits = F.linear(h, weight, bias).float()
+    ce = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    if th is None:
+        return ce, ce.new_zeros(())
+    s = F.log_softmax(logits / T, dim=-1)
+    t = F.log_softmax(F.linear(th, t_weight, t_bias).float() / T, dim=-1)
+    kl = (t.exp() * (t - s)).sum()
+    return ce, kl
+
+
+def lm_kd_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Linear,
+    ids: torch.Tensor,
+    kd_weight: float = 0.0,
+    temperature: float = 1.0,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: torch.nn.Linear | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """(1 - w) * next-token CE (mean over predicted tokens) + w * T^2 * KL(teacher || student) (mean over
+    all tokens), with hidden (B, S, H) from the student's decoder and ids (B, S) the packed input."""
+    use_kd = teacher_hidden is not None and kd_weight > 0
+    labels = shifted_labels(ids).flatten()
+    h = hidden.flatten(0, 1)
+    th = teacher_hidden.flatten(0, 1).detach() if use_kd else None
+    chunk = chunk or chunk_tokens(head.weight.shape[0])
+    t_w = teacher_head.weight.detach() if use_kd else None
+    t_b = teacher_head.bias.detach() if use_kd and teacher_head.bias is not None else None
+    ce_sum = kl_sum = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        args = (h[i : i + chunk], labels[i : i + chunk], th[i : i + chunk] if use_kd else None)
+        # Recompute this slice's logits in backward instead of keeping them: memory is one slice
+        ce, kl = checkpoint(_slice_sums, *args, head.weight, head.bias, t_w, t_b, temperature, use_reentrant=False)
+        ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
+    n_lm = (labels != IGNORE).sum().clamp(min=1)
+    lm = ce_sum / n_lm
+    if not use_kd:
+        return lm
+    return (1 - kd_weight) * lm + kd_weight * (temperature**2) * kl_sum / h.shape[0]

@@ -58,7 +58,7 @@ def main() -> int:
                     ratio=ratio, criterion=crit, allocation=allocation, round_to=4, structures=["mlp", "head", "kv"]
                 )
                 t0 = time.time()
-                rep = prune(model, cfg, calib)
+                rep, _ = prune(model, cfg, calib)
                 ppl = perplexity(model, evals, proto)["ppl"]
                 row = {
                     "ratio": ratio,

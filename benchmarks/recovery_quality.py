@@ -31,6 +31,7 @@ from slimdeploy.load.data import calibration_batches, token_stream
 from slimdeploy.load.model import load_model
 from slimdeploy.merge.api import merge
 from slimdeploy.prune.api import PruneConfig, prune
+from slimdeploy.prune.apply import apply_plan
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.train import recover
 
@@ -119,8 +120,11 @@ def main() -> int:
                     prune_fraction=args.prune_fraction,
                     prune={"ratio": ratio, "round_to": 4, "structures": ["mlp", "head", "kv"]},
                 )
-            peft_model, rep = recover(model, base.tokenizer, cfg, teacher=base.model)
-            merged, _ = merge(peft_model, evals[:128][None])
+            res = recover(model, base.tokenizer, cfg, teacher=base.model)
+            rep = res.report
+            merged, _ = merge(res.model, evals[:128][None])
+            if res.pending_plan is not None:  # groups zeroed while training (loraprune/lorashear): slice them
+                apply_plan(merged, res.pending_plan)
             row = {
                 "variant": variant,
                 "ratio": ratio,

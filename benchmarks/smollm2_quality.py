@@ -109,8 +109,9 @@ def main() -> int:
                 lr=args.lr, rank=16, kd_weight=0.5 if ours else 0.0, warmup=10,
             )  # fmt: skip
             t1 = time.time()
-            peft_model, rep = recover(model, tok, rcfg, teacher=base.model if ours else None)
-            merged, _ = merge(peft_model, calib[:1, :128])
+            res = recover(model, tok, rcfg, teacher=base.model if ours else None)
+            rep = res.report
+            merged, _ = merge(res.model, calib[:1, :128])
             recover_s = time.time() - t1
             save(
                 {

@@ -92,9 +92,10 @@ PER_LAYER_WIDTHS = [(8, 4, 512), (2, 1, 320), (4, 2, 0), (6, 3, 128)]
 
 def per_layer_dir(tmp_path, tokenizer, family: str = "llama") -> Path:
     """A saved model whose layers differ in query heads, KV heads and MLP width (head_dim 32 for vLLM's CPU)."""
+    from slimdeploy.analyze.slicing import prune_attention, prune_mlp
+    from slimdeploy.load.checkpoint import save_model
     from slimdeploy.load.tiny import build_tiny_model
-    from slimdeploy.prune.apply import prune_attention, prune_mlp, sync_config
-    from slimdeploy.prune.io import save_model
+    from slimdeploy.prune.apply import sync_config
 
     model = build_tiny_model(
         family,

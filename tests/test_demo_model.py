@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimdeploy.export.vllm_runner import vllm_available
 from slimdeploy.load.model import demo_model_dir
-from slimdeploy.serve.vllm_runner import vllm_available
 
 DEMO = demo_model_dir()
 pytestmark = pytest.mark.skipif(not (DEMO / "model.safetensors").exists(), reason="demo weights not built")
@@ -43,8 +43,8 @@ def test_learned_something():
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed (pip install 'slimdeploy[cpu]')")
 def test_vllm_greedy_equals_transformers():
     from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
+    from slimdeploy.export.vllm_runner import vllm_greedy
     from slimdeploy.load.model import load_model
-    from slimdeploy.serve.vllm_runner import vllm_greedy
 
     loaded = load_model(None, "fp32")
     prompts = default_prompts(loaded.tokenizer)

@@ -9,10 +9,10 @@ import pytest
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.vllm import export_vllm, tp_readiness
+from slimdeploy.export.vllm_runner import vllm_available
+from slimdeploy.load.checkpoint import save_model
 from slimdeploy.load.tiny import build_tiny_model
 from slimdeploy.prune.api import PruneConfig, prune
-from slimdeploy.prune.io import save_model
-from slimdeploy.serve.vllm_runner import vllm_available
 
 
 def _pruned_dir(tmp_path, tokenizer, allocation="uniform"):

@@ -13,8 +13,8 @@ from conftest import per_layer_dir as _per_layer_dir
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.nemotron_nas import BlockPlan, plan_blocks
 from slimdeploy.export.vllm import export_vllm
+from slimdeploy.export.vllm_runner import vllm_available
 from slimdeploy.load.tiny import build_tiny_model
-from slimdeploy.serve.vllm_runner import vllm_available
 
 
 def test_plan_picks_fewest_padded_kv_heads():

@@ -12,8 +12,8 @@ from conftest import per_layer_dir, run_cli
 
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.onnx_decoder import DecoderWithCache
+from slimdeploy.load.checkpoint import save_model
 from slimdeploy.load.tiny import build_tiny_model
-from slimdeploy.prune.io import save_model
 
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'slimdeploy[cpu]')")
 

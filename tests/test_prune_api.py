@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.tiny import build_tiny_model
 from slimdeploy.prune.api import PruneConfig, prune
-from slimdeploy.score.api import CRITERIA
+from slimdeploy.score.registry import criterion_names
 
 
 def _big(family="llama", tied=False):
@@ -37,11 +37,11 @@ def _params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", criterion_names())
 def test_every_criterion_prunes_to_target(criterion):
     model = _big()
     p0 = _params(model)
-    rep = prune(model, PruneConfig(ratio=0.2, criterion=criterion, round_to=16), _calib())
+    rep, _ = prune(model, PruneConfig(ratio=0.2, criterion=criterion, round_to=16), _calib())
     assert abs(rep["removed_fraction"] - 0.2) < 0.02
     assert _params(model) == rep["params_after"] < p0
     cfg = model.config
@@ -54,7 +54,7 @@ def test_every_criterion_prunes_to_target(criterion):
 @pytest.mark.parametrize("family,tied", [("qwen2", False), ("qwen3", True), ("mistral", True)])
 def test_families_and_tied_embeddings(family, tied):
     model = _big(family, tied)
-    rep = prune(
+    rep, _ = prune(
         model, PruneConfig(ratio=0.3, criterion="wanda", round_to=16, structures=["mlp", "head", "kv"]), _calib()
     )
     assert abs(rep["removed_fraction"] - 0.3) < 0.02
@@ -63,11 +63,11 @@ def test_families_and_tied_embeddings(family, tied):
 
 
 def test_global_allocation_gives_per_layer_widths(tmp_path):
+    from slimdeploy.load.checkpoint import save_model
     from slimdeploy.load.model import load_model
-    from slimdeploy.prune.io import save_model
 
     model = _big()
-    rep = prune(
+    rep, record = prune(
         model,
         PruneConfig(
             ratio=0.3, criterion="wanda", allocation="global", round_to=16, structures=["mlp", "kv"], protect_first=1
@@ -78,7 +78,7 @@ def test_global_allocation_gives_per_layer_widths(tmp_path):
     assert widths[0]["intermediate"] == 256  # protected
     assert all(w["intermediate"] < 256 for w in widths[1:])  # the target is met in the unprotected layers only
     assert abs(rep["removed_fraction"] - 0.3) < 0.03
-    save_model(model, None, tmp_path)
+    save_model(model, None, tmp_path, record)
     from transformers import AutoTokenizer
 
     from slimdeploy.load.model import demo_model_dir
@@ -88,12 +88,16 @@ def test_global_allocation_gives_per_layer_widths(tmp_path):
     x = ids(vocab=512)
     with torch.no_grad():
         assert torch.allclose(again(input_ids=x).logits, model(input_ids=x).logits, atol=1e-5)
-    assert again.slimdeploy_record["layers"][0]["mlp_keep"] == list(range(256))
+    from slimdeploy.prune.record import PruneRecord
+
+    saved = PruneRecord.load(tmp_path)
+    assert saved.layers[0]["mlp_keep"] == list(range(256))
+    assert [len(e["mlp_keep"]) for e in saved.layers] == [w["intermediate"] for w in widths]
 
 
 def test_depth_pruning_drops_layers_by_block_influence():
     model = _big()
-    rep = prune(model, PruneConfig(ratio=0.2, criterion="wanda", structures=["layer"]), _calib())
+    rep, _ = prune(model, PruneConfig(ratio=0.2, criterion="wanda", structures=["layer"]), _calib())
     assert model.config.num_hidden_layers == 3
     assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2]
     assert rep["removed_fraction"] > 0.1
@@ -109,18 +113,20 @@ def test_tp_divisibility():
 
 def test_pruning_a_pruned_model_composes_the_record():
     model = _big()
-    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
-    first = copy.deepcopy(model.slimdeploy_record)
-    prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
-    rec = model.slimdeploy_record
-    for a, b in zip(first["layers"], rec["layers"]):
+    original = copy.deepcopy(model)
+    _, first = prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None)
+    _, rec = prune(model, PruneConfig(ratio=0.2, criterion="l2", round_to=16), None, record=first)
+    for a, b in zip(first.layers, rec.layers):
         assert set(b["mlp_keep"]) < set(a["mlp_keep"])  # indices stay relative to the original model
-    assert rec["original"]["intermediate_size"] == 256
+    assert rec.original["intermediate_size"] == 256
+    for i, entry in enumerate(rec.layers):  # the kept rows, looked up in the original, are the pruned weights
+        up0 = original.model.layers[entry["source_layer"]].mlp.up_proj.weight
+        assert torch.equal(model.model.layers[i].mlp.up_proj.weight, up0[entry["mlp_keep"]])
 
 
 def test_multishot_surgeon_with_update():
     model = _big()
-    rep = prune(model, PruneConfig(ratio=0.3, criterion="surgeon", round_to=16, shots=2), _calib())
+    rep, _ = prune(model, PruneConfig(ratio=0.3, criterion="surgeon", round_to=16, shots=2), _calib())
     assert len(rep["shots"]) == 2 and rep["update"] == "cols"
     assert abs(rep["removed_fraction"] - 0.3) < 0.02
 

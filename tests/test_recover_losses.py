@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from slimdeploy.load.tiny import build_tiny_model
 from slimdeploy.recover.config import RecoverConfig
-from slimdeploy.recover.losses import lm_kd_loss
-from slimdeploy.recover.train import attach_lora, step_loss
+from slimdeploy.recover.losses import lm_kd_loss, step_loss
+from slimdeploy.recover.train import attach_lora
 
 
 def _reference(student, teacher, x, w: float, T: float) -> torch.Tensor:

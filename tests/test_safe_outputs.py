@@ -110,8 +110,8 @@ def test_gguf_input_can_be_pruned_and_written(tmp_path, tokenizer, capsys):
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2"])  # Qwen3 configs always carry head_dim
 def test_config_without_head_dim_survives_head_pruning(family, tmp_path):
     """Real Qwen2 config.json files have no head_dim; after removing heads it must be written explicitly."""
+    from slimdeploy.load.checkpoint import save_model
     from slimdeploy.prune.api import PruneConfig, prune
-    from slimdeploy.prune.io import save_model
 
     src = save_tiny(tmp_path / "src", family=family, hidden_size=128, num_attention_heads=8, num_key_value_heads=4)
     cfg = json.loads((src / "config.json").read_text())

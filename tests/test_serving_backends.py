@@ -11,8 +11,8 @@ import pytest
 from conftest import run_cli
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.vllm_runner import vllm_available
 from slimdeploy.serve.bench import BenchConfig, run_bench
-from slimdeploy.serve.vllm_runner import vllm_available
 from slimdeploy.serve.worker import BackendDied, Worker, kill_tree
 
 SMALL = ["--input-len", "8", "--output-len", "4", "--concurrency", "1,2", "--repeats", "1"]
@@ -23,10 +23,10 @@ def pair(tmp_path_factory):
     """A tiny model and a 20%-pruned copy, with the demo tokenizer (head_dim 64: vLLM's CPU attention)."""
     from transformers import AutoTokenizer
 
+    from slimdeploy.load.checkpoint import save_model
     from slimdeploy.load.model import demo_model_dir
     from slimdeploy.load.tiny import build_tiny_model
     from slimdeploy.prune.api import PruneConfig, prune
-    from slimdeploy.prune.io import save_model
 
     root = tmp_path_factory.mktemp("pair")
     tok = AutoTokenizer.from_pretrained(demo_model_dir())

@@ -124,7 +124,7 @@ def inspect_cmd(
     result = summarize(loaded.model)
     result["source"] = loaded.source
     if groups or data:
-        from slimdeploy.analyze.inspect_groups import describe_groups
+        from slimdeploy.score.inspect_groups import describe_groups
 
         result["groups"] = describe_groups(loaded, data, criterion)
 
@@ -143,7 +143,7 @@ def inspect_cmd(
         for name, shape in (r["layer_shapes"][0]["shapes"] if r["layer_shapes"] else {}).items():
             print(f"    layers.0.{name:<32} {shape}")
         if "groups" in r:
-            from slimdeploy.analyze.inspect_groups import print_groups
+            from slimdeploy.score.inspect_groups import print_groups
 
             print_groups(r["groups"])
 

@@ -11,15 +11,10 @@ import json
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.registry import get_exporter
 
-FORMATS = ("vllm", "onnx", "ort-genai")
 ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
 PER_LAYER_FAMILIES = {"llama", "mistral", "qwen2"}  # what the DeciLM (nemotron-nas) format can carry
-RUNTIME = {
-    "vllm": ("vllm", "vLLM"),
-    "onnx": ("onnxruntime", "onnxruntime"),
-    "ort-genai": ("onnxruntime_genai", "onnxruntime-genai"),
-}
 VLLM_CPU_MIN_HEAD_DIM = 32  # vLLM's CPU attention rejects smaller head sizes (8 seen failing)
 
 
@@ -51,46 +46,53 @@ def check_exportable(
     config: dict, format: str, dtype: str = "fp32", verify: bool = True, per_layer: bool | None = None
 ) -> None:
     """Raise a one-line SlimdeployError if `format` cannot represent (or, with verify, run) the model."""
-    if format not in FORMATS:
-        raise SlimdeployError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    exporter = get_exporter(format)
     arch = (config.get("architectures") or ["?"])[0]
     if arch not in ARCHITECTURES:
         raise SlimdeployError(
             f"the {format} export cannot represent {arch} models (model_type {config.get('model_type')!r}); "
             f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
+    if dtype not in exporter.dtypes:
+        raise SlimdeployError(f"dtype {dtype} is not available for {format} exports: {', '.join(exporter.dtypes)}")
     per_layer = "slimdeploy_layer_widths" in config if per_layer is None else per_layer
-    module, label = RUNTIME[format]
-    if (verify or format == "ort-genai") and importlib.util.find_spec(module) is None:
-        what = "builds the package" if format == "ort-genai" else "verifies the export"
+    module, label = exporter.runtime
+    if (verify or exporter.runtime_builds) and importlib.util.find_spec(module) is None:
+        what = "builds the package" if exporter.runtime_builds else "verifies the export"
         raise SlimdeployError(
             f"{label} is not installed, and it {what}: pip install 'slimdeploy[cpu]' (or [gpu]), or --no-verify"
         )
-    if format == "ort-genai":
-        if per_layer:
-            raise SlimdeployError(
-                "onnxruntime-genai's builder needs the same widths in every layer, and this model has per-layer "
-                "widths (global allocation); prune with allocation uniform, or export vllm or onnx"
-            )
-        if dtype == "fp16" and verify and not _has_cuda():
-            raise SlimdeployError("onnxruntime-genai fp16 packages do not run on the CPU provider; export fp32 or int4")
-    if format == "onnx" and dtype == "bf16" and verify and not _has_cuda():
+    exporter.check(config, dtype, verify, per_layer)
+
+
+def check_ort_genai(config: dict, dtype: str, verify: bool, per_layer: bool) -> None:
+    if per_layer:
+        raise SlimdeployError(
+            "onnxruntime-genai's builder needs the same widths in every layer, and this model has per-layer "
+            "widths (global allocation); prune with allocation uniform, or export vllm or onnx"
+        )
+    if dtype == "fp16" and verify and not _has_cuda():
+        raise SlimdeployError("onnxruntime-genai fp16 packages do not run on the CPU provider; export fp32 or int4")
+
+
+def check_onnx(config: dict, dtype: str, verify: bool, per_layer: bool) -> None:
+    if dtype == "bf16" and verify and not _has_cuda():
         raise SlimdeployError("onnxruntime has no CPU kernels for every bf16 op here; export fp32 or fp16 on CPU")
-    if format == "vllm":
-        if per_layer and config.get("model_type") not in PER_LAYER_FAMILIES:
-            raise SlimdeployError(
-                f"per-layer widths of {config.get('model_type')} models have no vLLM format (DeciLM carries "
-                f"{', '.join(sorted(PER_LAYER_FAMILIES))}); prune with allocation uniform"
-            )
-        sliding = config.get("sliding_window")
-        if per_layer and sliding and config.get("use_sliding_window", True):
-            if sliding < config.get("max_position_embeddings", sliding + 1):
-                raise SlimdeployError(
-                    "the DeciLM format has no sliding-window attention; prune with allocation uniform"
-                )
-        hd = head_dim_of(config)
-        if verify and hd < VLLM_CPU_MIN_HEAD_DIM and not _has_cuda():
-            raise SlimdeployError(
-                f"vLLM's CPU attention does not support head_dim {hd} (needs >= {VLLM_CPU_MIN_HEAD_DIM}), so the "
-                "export cannot be verified here; export with --no-verify (verify: false) or verify on a GPU"
-            )
+
+
+def check_vllm(config: dict, dtype: str, verify: bool, per_layer: bool) -> None:
+    if per_layer and config.get("model_type") not in PER_LAYER_FAMILIES:
+        raise SlimdeployError(
+            f"per-layer widths of {config.get('model_type')} models have no vLLM format (DeciLM carries "
+            f"{', '.join(sorted(PER_LAYER_FAMILIES))}); prune with allocation uniform"
+        )
+    sliding = config.get("sliding_window")
+    if per_layer and sliding and config.get("use_sliding_window", True):
+        if sliding < config.get("max_position_embeddings", sliding + 1):
+            raise SlimdeployError("the DeciLM format has no sliding-window attention; prune with allocation uniform")
+    hd = head_dim_of(config)
+    if verify and hd < VLLM_CPU_MIN_HEAD_DIM and not _has_cuda():
+        raise SlimdeployError(
+            f"vLLM's CPU attention does not support head_dim {hd} (needs >= {VLLM_CPU_MIN_HEAD_DIM}), so the "
+            "export cannot be verified here; export with --no-verify (verify: false) or verify on a GPU"
+        )

@@ -31,7 +31,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
-def _session(path: Path):
+def ort_session(path: Path):
+    """An onnxruntime session on the best available provider (CUDA, else CPU), quiet logs."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -106,7 +107,7 @@ def verify_onnx(path: Path, wrapper, model, prompts: list[list[int]], n_tokens: 
     dtype = DTYPES[dtype_name]
     atol, rtol = TOLERANCES[dtype_name]
     try:
-        session = _session(path)
+        session = ort_session(path)
         runs = [ort_greedy(session, wrapper, p, n_tokens, dtype) for p in prompts]
     except SlimdeployError:
         raise
@@ -157,8 +158,10 @@ def export_onnx(
     verify: bool = True,
     force: bool = False,
     n_tokens: int = 16,
+    tp_size: int = 1,
 ) -> dict:
-    """Write the ONNX decoder to `out` (whole or not at all), verified in onnxruntime."""
+    """Write the ONNX decoder to `out` (whole or not at all), verified in onnxruntime (one device: `tp_size`
+    is accepted for the common exporter signature and has no effect)."""
     from slimdeploy.export.onnx_decoder import DecoderWithCache
     from slimdeploy.export.verify import default_prompts
     from slimdeploy.load.model import load_model

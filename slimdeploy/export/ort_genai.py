@@ -38,12 +38,13 @@ def ort_genai_greedy(package: Path, prompts: list[list[int]], max_tokens: int) -
 def export_ort_genai(
     model_dir: Path,
     out: Path,
-    precision: str = "fp32",
+    dtype: str = "fp32",
     verify: bool = True,
     force: bool = False,
     n_tokens: int = 16,
     tp_size: int = 1,
 ) -> dict:
+    precision = dtype  # the builder's word for it
     from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
     from slimdeploy.load.model import load_model
 

@@ -61,9 +61,16 @@ def check_supported(model_dir: Path) -> dict:
 
 
 def export_vllm(
-    model_dir: Path, out: Path, tp_size: int = 1, verify: bool = True, force: bool = False, n_tokens: int = 16
+    model_dir: Path,
+    out: Path,
+    tp_size: int = 1,
+    verify: bool = True,
+    force: bool = False,
+    n_tokens: int = 16,
+    dtype: str = "fp32",
 ) -> dict:
-    """Write the checkpoint to `out` (whole or not at all) and serve it once with vLLM to verify it."""
+    """Write the checkpoint to `out` (whole or not at all) and serve it once with vLLM to verify it. The
+    weights are copied as they are (`dtype` fp32: vLLM casts at load time)."""
     from slimdeploy.load.model import load_model
 
     model_dir = Path(model_dir)
@@ -131,7 +138,7 @@ def check_reload(export_dir: Path, loaded, atol: float = 1e-5) -> dict:
 def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
     """Greedy tokens from vLLM (fp32) against transformers (fp32) on fixed prompts."""
     from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
-    from slimdeploy.serve.vllm_runner import vllm_greedy
+    from slimdeploy.export.vllm_runner import vllm_greedy
 
     prompts = default_prompts(loaded.tokenizer)
     t0 = time.perf_counter()

@@ -90,7 +90,7 @@ def load_gguf(path: Path, dtype, with_tokenizer: bool = True):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slimdeploy.load.model import Loaded
+    from slimdeploy.load.loaded import Loaded
 
     dropped: list[str] = []
     td = torch.float32 if dtype == "auto" else dtype

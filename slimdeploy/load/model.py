@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.checkpoint import check_finite
+from slimdeploy.load.loaded import Loaded
+from slimdeploy.zoo.registry import DEMO_NAME, demo_model_dir  # the embedded demo ships with the zoo
 
-DEMO_NAME = "slimdeploy-demo"
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-
-
-def demo_model_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "zoo" / DEMO_NAME
 
 
 def torch_dtype(name: str):
@@ -29,14 +26,6 @@ def torch_dtype(name: str):
     if name not in table:
         raise SlimdeployError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
     return table[name]
-
-
-@dataclass
-class Loaded:
-    model: Any
-    tokenizer: Any
-    source: str  # what the user asked for, resolved (path, hub id, gguf file)
-    kind: str  # "demo" | "dir" | "hub" | "gguf" | "shape" (random weights, real shapes)
 
 
 def resolve_source(spec: str | None) -> tuple[str, str]:
@@ -143,7 +132,7 @@ def load_model(
         path = Path(location)
         _check_config(path)
         _check_safetensors(path)
-        from slimdeploy.prune.io import load_per_layer, load_record
+        from slimdeploy.load.checkpoint import load_per_layer
         from slimdeploy.utils.trust import remote_code_allowed
 
         kwargs["trust_remote_code"] = remote_code_allowed(path, trust_remote_code)
@@ -154,7 +143,6 @@ def load_model(
         else:
             loaded = _load(AutoModelForCausalLM, AutoTokenizer, location, kind, with_tokenizer, kwargs)
         check_finite(loaded.model, location)
-        loaded.model.slimdeploy_record = load_record(path)
         return loaded
     if kind == "gguf":
         from slimdeploy.load.gguf import load_gguf
@@ -200,16 +188,6 @@ def _hub_hint(model_id: str) -> str:
         f"{model_id!r} is neither a local path (no such file or directory) nor a model in the local Hugging Face "
         f"cache, and the hub cannot be reached: fix the path, or run `hf download {model_id}` on a connected machine"
     )
-
-
-def check_finite(model, source: str) -> None:
-    """NaN/Inf weights make every later number meaningless: refuse them (at load, before save), naming the
-    tensor; `source` says where (a path, or what was about to happen)."""
-    import torch
-
-    for name, p in model.named_parameters():
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise SlimdeployError(f"{source}: weight {name} contains NaN or Inf; repair or re-export the model")
 
 
 def require_tokenizer(tokenizer, stage: str, source: str = "the model") -> None:

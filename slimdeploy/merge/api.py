@@ -1,4 +1,5 @@
-"""merge(): fold LoRA adapters into dense weights, and prove it changed nothing.
+"""merge(): fold LoRA adapters into dense weights, and prove it changed nothing. Only that: groups masked
+while training (loraprune/lorashear) are already zero in the weights, and the runner slices them away.
 
 Checks: merged logits equal the adapter model's within `atol` (fp32 default 1e-4, relative to the logit
 scale) on probe inputs, and no weight is NaN/Inf. The result is a plain transformers model.
@@ -16,19 +17,7 @@ def merge(peft_model, probe: torch.Tensor, atol: float = 1e-4) -> tuple[object, 
     """Merge and unload; returns (dense model, parity report). Raises on mismatch or non-finite weights."""
     peft_model.eval()
     before = peft_model(input_ids=probe, use_cache=False).logits.float()
-    inner = peft_model.base_model.model
-    record = getattr(inner, "slimdeploy_record", None)
-    pending = getattr(inner, "slimdeploy_pending_plan", None)
-    model = peft_model.merge_and_unload()  # the mask hooks lived on the LoRA wrappers: gone with them
-    if record is not None:
-        model.slimdeploy_record = record
-    sliced = None
-    if pending is not None:  # groups masked during loraprune/lorashear training: remove them for real
-        from slimdeploy.prune.apply import apply_plan
-
-        apply_plan(model, pending)
-        model.slimdeploy_pending_plan = None
-        sliced = sum(p.numel() for p in model.parameters())
+    model = peft_model.merge_and_unload()
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise SlimdeployError(f"NaN/Inf after merge in {bad[:3]}; the adapters diverged, lower the learning rate")
@@ -40,7 +29,6 @@ def merge(peft_model, probe: torch.Tensor, atol: float = 1e-4) -> tuple[object, 
         "logit_scale": scale,
         "atol": atol,
         "probe_tokens": int(probe.numel()),
-        "sliced_to_params": sliced,
     }
     if diff > atol * max(1.0, scale):
         raise SlimdeployError(f"merged model differs from the adapter model by {diff:.3g} (> {atol} x {scale:.3g})")

@@ -9,11 +9,13 @@ import torch
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
 from slimdeploy.analyze.groups import layer_params
 from slimdeploy.errors import SlimdeployError
-from slimdeploy.prune.apply import apply_plan, current_widths, record_of
+from slimdeploy.prune.apply import apply_plan, current_widths
 from slimdeploy.prune.config import PruneConfig, Structure  # noqa: F401  (re-exported)
 from slimdeploy.prune.plan import Budget, PrunePlan, make_plan, standardize_per_layer
+from slimdeploy.prune.record import PruneRecord
 from slimdeploy.score import surgeon
 from slimdeploy.score.api import score
+from slimdeploy.score.registry import get_criterion
 
 
 def make_budget(model) -> Budget:
@@ -62,12 +64,15 @@ def obs_update(model, plan: PrunePlan, stats, mode: str) -> None:
                     lin[name].weight.copy_(surgeon.remove_rows_update(lin[name].weight, G_inv, removed))
 
 
-def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=None) -> dict:
-    """Prune `model` in place to about (1 - ratio) of its parameters; returns a report of what was done."""
+def prune(
+    model, config: PruneConfig, batches: torch.Tensor | None, progress=None, record: PruneRecord | None = None
+) -> tuple[dict, PruneRecord]:
+    """Prune `model` in place to about (1 - ratio) of its parameters; returns (report of what was done, the
+    PruneRecord of what the model keeps relative to the original; `record`: the one it had, if pruned before)."""
     family_of(model)  # refuses unsupported architectures before any work
     t0 = time.perf_counter()
     p0 = sum(p.numel() for p in model.parameters())
-    record_of(model)
+    record = record or PruneRecord.initial(model)
     kinds = set(config.structures)
     update = config.update if config.update != "auto" else ("cols" if config.criterion == "surgeon" else "none")
     if update != "none" and config.criterion != "surgeon":
@@ -85,25 +90,12 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
             model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds, progress=progress
         )
         per_layer = scores.per_layer
-        if config.allocation == "global" and config.criterion in ("l1", "l2", "wanda", "flap"):
+        if config.allocation == "global" and get_criterion(config.criterion).standardize_global:
             per_layer = standardize_per_layer(per_layer)
-        plan = make_plan(
-            per_layer,
-            budget,
-            ratio_now,
-            kinds,
-            config.allocation,
-            config.round_to,
-            config.tp_size,
-            config.attn_share,
-            config.protect_first,
-            config.protect_last,
-            scores.layer,
-            config.layer_share,
-        )
+        plan = make_plan(per_layer, budget, ratio_now, kinds, config=config, layer_scores=scores.layer)
         if update != "none":
             obs_update(model, plan, scores.stats, update)
-        apply_plan(model, plan)
+        record = apply_plan(model, plan, record)
         after = sum(p.numel() for p in model.parameters())
         if after != plan.predicted_params:
             raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {after}")
@@ -111,7 +103,7 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
     p1 = sum(p.numel() for p in model.parameters())
     if p1 == p0:
         raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
-    return {
+    report = {
         "params_before": p0,
         "params_after": p1,
         "removed_fraction": 1 - p1 / p0,
@@ -121,3 +113,4 @@ def prune(model, config: PruneConfig, batches: torch.Tensor | None, progress=Non
         "widths": current_widths(model),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    return report, record

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from slimdeploy.score.names import CRITERIA
+from slimdeploy.score.registry import criterion_names
 
 Structure = Literal["mlp", "head", "kv", "layer"]
 
@@ -17,7 +17,7 @@ class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of all parameters removed")
-    criterion: str = Field("surgeon", description=f"one of {', '.join(CRITERIA)}")
+    criterion: str = Field("surgeon", description=f"one of {', '.join(criterion_names())} (or a registered one)")
     allocation: Literal["uniform", "global"] = "uniform"
     structures: list[Structure] = Field(default_factory=lambda: ["mlp", "head"])
     round_to: int = Field(64, ge=1, description="kept MLP widths are multiples of this")
@@ -38,8 +38,8 @@ class PruneConfig(BaseModel):
     @field_validator("criterion")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in CRITERIA:
-            raise ValueError(f"unknown criterion {v!r}; choose one of {', '.join(CRITERIA)}")
+        if v not in criterion_names():
+            raise ValueError(f"unknown criterion {v!r}; choose one of {', '.join(criterion_names())}")
         return v
 
     @field_validator("structures")

@@ -15,6 +15,7 @@ import torch
 from slimdeploy.analyze.adapters import LayerLayout
 from slimdeploy.analyze.groups import group_params
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.prune.config import PruneConfig
 
 
 @dataclass
@@ -152,16 +153,15 @@ def make_plan(
     b: Budget,
     ratio: float,
     kinds: set[str],
-    allocation: str = "uniform",
-    round_to: int = 64,
-    tp: int = 1,
-    attn_share: float | None = None,
-    protect_first: int = 0,
-    protect_last: int = 0,
+    *,
+    config: PruneConfig,
     layer_scores: torch.Tensor | None = None,
-    layer_share: float | None = None,
 ) -> PrunePlan:
-    """Decide what each layer keeps so that about `ratio` of all parameters are removed."""
+    """Decide what each layer keeps so that about `ratio` of all parameters are removed (allocation,
+    rounding, tensor-parallel divisibility, attention/layer shares and protected layers from `config`)."""
+    allocation, round_to, tp = config.allocation, config.round_to, config.tp_size
+    attn_share, layer_share = config.attn_share, config.layer_share
+    protect_first, protect_last = config.protect_first, config.protect_last
     if not 0 < ratio < 1:
         raise SlimdeployError(f"ratio must be in (0, 1), got {ratio}")
     n_layers = len(b.layouts)

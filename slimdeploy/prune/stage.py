@@ -6,21 +6,25 @@ import json
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.checkpoint import save_model
 from slimdeploy.load.data import calibration_data
 from slimdeploy.load.model import load_model, require_tokenizer
 from slimdeploy.prune.api import PruneConfig, prune
-from slimdeploy.prune.io import save_model
-from slimdeploy.score.api import NEEDS_DATA
+from slimdeploy.prune.record import PruneRecord, record_for
+from slimdeploy.score.registry import get_criterion
 from slimdeploy.utils.fs import atomic_dir, check_output, output_lock
 from slimdeploy.utils.memory import peak_rss_mb
 
 
 def needs_text(config: PruneConfig) -> bool:
     """Data-free criteria (random, l1, l2) prune without calibration text, so without a tokenizer."""
-    return config.criterion in NEEDS_DATA or "layer" in config.structures
+    return get_criterion(config.criterion).needs_data or "layer" in config.structures
 
 
-def prune_loaded(loaded, config: PruneConfig, progress=None) -> dict:
+def prune_loaded(
+    loaded, config: PruneConfig, progress=None, record: PruneRecord | None = None
+) -> tuple[dict, PruneRecord]:
+    """Calibrate and prune `loaded.model` in place; returns (report, record of what it now keeps)."""
     batches, data_fp = None, None
     if needs_text(config):
         require_tokenizer(loaded.tokenizer, f"{config.criterion} criterion's calibration", loaded.source)
@@ -32,11 +36,11 @@ def prune_loaded(loaded, config: PruneConfig, progress=None) -> dict:
         batches, data_fp = calibration_data(
             loaded.tokenizer, config.data, config.n_samples, config.seq_len, config.seed
         )
-    report = prune(loaded.model, config, batches, progress=progress)
+    report, record = prune(loaded.model, config, batches, progress=progress, record=record)
     report["calibration"] = data_fp
     report["config"] = config.model_dump()
     report["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    return report
+    return report, record
 
 
 def prune_to_dir(
@@ -59,9 +63,9 @@ def _prune_locked(model_spec, config: PruneConfig, out: Path, inputs, force, tru
 
         load_texts(config.data, split="calibration")  # a missing or unreadable data file fails here, not later
     loaded = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=needs_text(config))
-    report = prune_loaded(loaded, config, progress)
+    report, record = prune_loaded(loaded, config, progress, record_for(loaded))  # a pruned input composes
     report["model"] = loaded.source
     with atomic_dir(out, force, inputs, what="prune") as tmp:
-        save_model(loaded.model, loaded.tokenizer, tmp)
+        save_model(loaded.model, loaded.tokenizer, tmp, record)
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))
     return report

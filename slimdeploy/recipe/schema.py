@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.registry import export_formats, get_exporter
 from slimdeploy.prune.config import PruneConfig
 from slimdeploy.recover.config import RecoverConfig
 
@@ -46,23 +47,23 @@ class EvalStage(BaseModel):
         return [t.strip() for t in v.split(",") if t.strip()] if isinstance(v, str) else v
 
 
-EXPORT_DTYPES = {"vllm": ["fp32"], "onnx": ["fp32", "fp16", "bf16"], "ort-genai": ["fp32", "fp16", "int4"]}
-
-
 class ExportStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["export"]
-    format: Literal["vllm", "onnx", "ort-genai"]
-    dtype: Literal["fp32", "fp16", "bf16", "int4"] = Field("fp32", description=f"per format: {EXPORT_DTYPES}")
+    format: str = Field(description=f"one of {', '.join(export_formats())} (export/registry.py)")
+    dtype: Literal["fp32", "fp16", "bf16", "int4"] = Field(
+        "fp32", description=f"per format: { {f: list(get_exporter(f).dtypes) for f in export_formats()} }"
+    )
     tp_size: int = Field(1, ge=1, description="report tensor-parallel readiness for this size")
     verify: bool = Field(True, description="load the export in its runtime and compare greedy tokens")
 
     @model_validator(mode="after")
     def _dtype_fits_format(self):
-        if self.dtype not in EXPORT_DTYPES[self.format]:
-            raise ValueError(
-                f"dtype {self.dtype} is not available for {self.format} exports: {EXPORT_DTYPES[self.format]}"
-            )
+        if self.format not in export_formats():
+            raise ValueError(f"unknown export format {self.format!r}; choose one of {', '.join(export_formats())}")
+        dtypes = list(get_exporter(self.format).dtypes)
+        if self.dtype not in dtypes:
+            raise ValueError(f"dtype {self.dtype} is not available for {self.format} exports: {dtypes}")
         return self
 
 

@@ -113,7 +113,7 @@ class DataMixture:
 
     @torch.no_grad()
     def _losses(self, model, cfg) -> list[float]:
-        from slimdeploy.recover.train import step_loss
+        from slimdeploy.recover.losses import step_loss
 
         was = model.training
         model.eval()

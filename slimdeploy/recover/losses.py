@@ -6,7 +6,8 @@ gradients kept about ten of them alive (17 GB peak). Here the LM head runs on `c
 inside activation checkpointing, so only one slice of logits exists at once (forward and backward); the
 result equals the full computation (tests/test_recover_losses.py).
 
-Pure tensor functions: hidden states and head weights in, a scalar loss out.
+lm_kd_loss is a pure tensor function (hidden states and head weights in, a scalar out); step_loss runs the
+student (and teacher) decoder on one batch and calls it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from slimdeploy.recover.config import RecoverConfig
 
 IGNORE = -100
 LOGITS_BUDGET = 1 << 25  # fp32 elements of one logits slice (128 MB): sets the chunk from the vocabulary
@@ -71,3 +74,45 @@ def lm_kd_loss(
     if not use_kd:
         return lm
     return (1 - kd_weight) * lm + kd_weight * (temperature**2) * kl_sum / h.shape[0]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student), averaged over tokens (full logits: the reference for lm_kd_loss)."""
+    s = F.log_softmax(student_logits.float() / T, dim=-1)
+    t = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return (T * T) * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+
+
+def decoder_and_head(model):
+    """(decoder, lm_head) when logits are exactly lm_head(decoder(x)) (no soft-capping or scaling), else None."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = causal.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    head, decoder = causal.get_output_embeddings(), getattr(causal, "model", None)
+    if not isinstance(head, torch.nn.Linear) or decoder is None:
+        return None
+    return decoder, head
+
+
+def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True) -> torch.Tensor:
+    use_kd = teacher is not None and cfg.kd_weight > 0
+    parts = decoder_and_head(model) if chunked else None
+    t_parts = decoder_and_head(teacher) if use_kd and parts else None
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        if parts and (t_parts or not use_kd):  # logits a slice at a time (recover/losses.py)
+            hidden = parts[0](input_ids=x, use_cache=False).last_hidden_state
+            t_hidden = None
+            if use_kd:
+                with torch.no_grad():
+                    t_hidden = t_parts[0](input_ids=x.to(teacher.device), use_cache=False).last_hidden_state
+            return lm_kd_loss(
+                hidden, parts[1], x, cfg.kd_weight, cfg.kd_temperature, t_hidden, t_parts[1] if t_parts else None
+            )
+        out = model(input_ids=x, labels=x, use_cache=False)
+        loss = out.loss
+        if use_kd:
+            with torch.no_grad():
+                t_logits = teacher(input_ids=x, use_cache=False).logits
+            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out.logits, t_logits, cfg.kd_temperature)
+    return loss

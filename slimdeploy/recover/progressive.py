@@ -2,7 +2,7 @@
 
 Groups are masked, not sliced, during training: a mask multiplies the *input* of o_proj (per query head) and
 down_proj (per MLP channel), which is exactly removing them (tests/test_prune_invariants.py). After merge
-the masked groups are sliced away for real (merge/api.py applies `model.slimdeploy_pending_plan`).
+the masks are written into the weights and the recover stage hands back the plan that slices them away.
 
 - LoRAPrune (iterative): every `update_every` steps, recompute the masks from the LoRA-gradient importance
   (EMA over steps) at the sparsity of a cubic schedule s_t = s (1 - (1 - t / T)^3), T = `prune_fraction`
@@ -64,6 +64,20 @@ class MaskSet:
                 mlp = torch.where(self.mlp[i] == 0, self.mlp[i], mlp)
                 head = torch.where(self.head[i] == 0, self.head[i], head)
             self.mlp[i], self.head[i] = mlp, head
+
+    @torch.no_grad()
+    def write_into(self, model) -> None:
+        """Zero the input columns the masks zero, in every weight reading those inputs (exact: x * m @ W.T
+        equals x @ (W * m).T, for the frozen base and each LoRA A alike)."""
+        for i, ly in enumerate(decoder_layers(model)):
+            hd = layer_layout(ly).head_dim
+            lin = linears(ly)
+            for name, mask in (("o", self.head[i].repeat_interleave(hd)), ("down", self.mlp[i])):
+                mod = lin[name]
+                weights = [mod.base_layer.weight] if hasattr(mod, "base_layer") else [mod.weight]
+                weights += [a.weight for a in getattr(mod, "lora_A", {}).values()]
+                for w in weights:
+                    w.mul_(mask.to(w.dtype).to(w.device))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -133,18 +147,8 @@ class PruneDuringTraining:
             kv0 = heads0.view(-1, q).all(1)
             scores[li]["kv"] = torch.where(kv0, -1.0, scores[li]["kv"])
         if self.final_widths is None:
-            final = make_plan(
-                scores,
-                self.budget,
-                p.ratio,
-                set(p.structures) - {"layer"},
-                p.allocation,
-                p.round_to,
-                p.tp_size,
-                p.attn_share,
-                p.protect_first,
-                p.protect_last,
-            )
+            kinds = set(p.structures) - {"layer"}
+            final = make_plan(scores, self.budget, p.ratio, kinds, config=p.model_copy(update={"layer_share": None}))
             self.final_widths = [
                 None if lp is None else (len(lp.kv_keep), len(lp.heads_keep) // len(lp.kv_keep), len(lp.mlp_keep))
                 for lp in final.layers
@@ -164,11 +168,15 @@ class PruneDuringTraining:
         live = list(range(len(layers)))
         return PrunePlan(layers=layers, predicted_params=predict_params(self.budget, layers, live))
 
-    def finish(self, peft_model) -> None:
-        """Masks at the final ratio; merge() slices the masked groups away after folding the adapters."""
+    def finish(self, peft_model) -> PrunePlan:
+        """Masks at the final ratio, written into the weights (the columns of o_proj / down_proj that a zero
+        mask multiplies, in the base and LoRA A): the model computes the same without hooks, so it saves,
+        reloads and merges like any other. Returns the plan that slices those zero groups away."""
         final = self.plan_at(self.pcfg.ratio)
         self.masks.set_from_plan(final)
-        peft_model.base_model.model.slimdeploy_pending_plan = final
+        self.masks.write_into(peft_model.base_model.model)
+        self.masks.remove()
+        return final
 
 
 class LoRAPruneIterative(PruneDuringTraining):

@@ -11,15 +11,17 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.prune.plan import PrunePlan
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
-from slimdeploy.recover.losses import lm_kd_loss
+from slimdeploy.recover.losses import step_loss
 
 
 def attach_lora(model, cfg: RecoverConfig):
@@ -74,48 +76,6 @@ def lr_at(step: int, cfg: RecoverConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * KL(teacher || student), averaged over tokens (full logits: the reference for lm_kd_loss)."""
-    s = F.log_softmax(student_logits.float() / T, dim=-1)
-    t = F.log_softmax(teacher_logits.float() / T, dim=-1)
-    return (T * T) * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
-
-
-def decoder_and_head(model):
-    """(decoder, lm_head) when logits are exactly lm_head(decoder(x)) (no soft-capping or scaling), else None."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = causal.config
-    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
-        return None
-    head, decoder = causal.get_output_embeddings(), getattr(causal, "model", None)
-    if not isinstance(head, torch.nn.Linear) or decoder is None:
-        return None
-    return decoder, head
-
-
-def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True) -> torch.Tensor:
-    use_kd = teacher is not None and cfg.kd_weight > 0
-    parts = decoder_and_head(model) if chunked else None
-    t_parts = decoder_and_head(teacher) if use_kd and parts else None
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-        if parts and (t_parts or not use_kd):  # logits a slice at a time (recover/losses.py)
-            hidden = parts[0](input_ids=x, use_cache=False).last_hidden_state
-            t_hidden = None
-            if use_kd:
-                with torch.no_grad():
-                    t_hidden = t_parts[0](input_ids=x.to(teacher.device), use_cache=False).last_hidden_state
-            return lm_kd_loss(
-                hidden, parts[1], x, cfg.kd_weight, cfg.kd_temperature, t_hidden, t_parts[1] if t_parts else None
-            )
-        out = model(input_ids=x, labels=x, use_cache=False)
-        loss = out.loss
-        if use_kd:
-            with torch.no_grad():
-                t_logits = teacher(input_ids=x, use_cache=False).logits
-            loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out.logits, t_logits, cfg.kd_temperature)
-    return loss
-
-
 def _trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -151,10 +111,17 @@ def heldout_loss(model, blocks: torch.Tensor, cfg: RecoverConfig, max_blocks: in
     return sum(losses) / max(1, len(losses))
 
 
+@dataclass
+class RecoverResult:
+    model: Any  # the PEFT model: adapters not merged yet
+    report: dict[str, Any]
+    pending_plan: PrunePlan | None = None  # loraprune/lorashear: zeroed groups still to slice away
+
+
 def recover(
     model, tokenizer, cfg: RecoverConfig, teacher=None, work_dir: Path | None = None, progress=None, on_step=None
-) -> tuple[object, dict]:
-    """Train LoRA adapters on `model`; returns (peft_model, report). Resumes from `work_dir` if it has a ckpt."""
+) -> RecoverResult:
+    """Train LoRA adapters on `model`. Resumes from `work_dir` if it has a checkpoint."""
     from slimdeploy.load.model import require_tokenizer
 
     require_tokenizer(tokenizer, "recover stage")
@@ -221,8 +188,7 @@ def recover(
         if ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == total):
             _save_ckpt(ckpt, peft_model, opt, step + 1, history)
     peft_model.eval()
-    if ctl:
-        ctl.finish(peft_model)
+    pending = ctl.finish(peft_model) if ctl else None
     report = {
         "steps": total,
         "tokens": total * cfg.tokens_per_step,
@@ -237,4 +203,4 @@ def recover(
     }
     if ctl:
         report["pruning_schedule"] = ctl.history
-    return peft_model, report
+    return RecoverResult(peft_model, report, pending)

@@ -7,6 +7,7 @@ activation pass, for every criterion except `random`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -14,7 +15,7 @@ from slimdeploy.analyze.adapters import decoder_layers, layer_layout, linears
 from slimdeploy.analyze.groups import COLS, members
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.score import criteria, surgeon
-from slimdeploy.score.names import CRITERIA, NEEDS_DATA  # noqa: E402,F401  (one list, torch-free)
+from slimdeploy.score.registry import get_criterion
 from slimdeploy.score.stats import gradient_stats, layerwise_input_stats
 
 GROUP_KINDS = ("mlp", "head", "kv")
@@ -26,11 +27,6 @@ class GroupScores:
     layer: torch.Tensor | None  # (n_layers,) importance of whole layers
     criterion: str
     stats: list | None = None  # kept for the Surgeon's weight update
-
-
-def _check(criterion: str) -> None:
-    if criterion not in CRITERIA:
-        raise SlimdeployError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
 
 
 def _aggregate(lay, element_map) -> dict[str, torch.Tensor]:
@@ -68,76 +64,115 @@ def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
     return out
 
 
+@dataclass
+class ScoreInputs:
+    """What a criterion function reads: the model's layers, calibration batches, and shared statistics."""
+
+    model: Any
+    batches: torch.Tensor | None
+    seed: int
+    layouts: list
+    lins: list[dict]
+    stats: list | None = None  # layer-wise input statistics (wanda, flap, depth), or K-FAC (surgeon)
+    progress: Any = None
+    layer_scores: torch.Tensor | None = None  # a criterion may score whole layers itself (random does)
+
+
+def random_criterion(inp: ScoreInputs) -> list[dict]:
+    g = torch.Generator().manual_seed(inp.seed)
+    per_layer = [
+        {"mlp": criteria.random_scores(lay.intermediate, g), "head": criteria.random_scores(lay.heads, g)}
+        | {"kv": criteria.random_scores(lay.kv_heads, g)}
+        for lay in inp.layouts
+    ]
+    inp.layer_scores = criteria.random_scores(len(inp.layouts), g)
+    return per_layer
+
+
+def _magnitude(inp: ScoreInputs, p: int) -> list[dict]:
+    return [
+        _aggregate(lay, lambda n, li=li: criteria.magnitude_map(inp.lins[li][n].weight.detach().float(), p))
+        for li, lay in enumerate(inp.layouts)
+    ]
+
+
+def l1_criterion(inp: ScoreInputs) -> list[dict]:
+    return _magnitude(inp, 1)
+
+
+def l2_criterion(inp: ScoreInputs) -> list[dict]:
+    return _magnitude(inp, 2)
+
+
+def _input_stats(inp: ScoreInputs) -> list:
+    if inp.stats is None:
+        inp.stats = layerwise_input_stats(inp.model, inp.batches, progress=inp.progress)
+    return inp.stats
+
+
+def wanda_criterion(inp: ScoreInputs) -> list[dict]:
+    stats = _input_stats(inp)
+    return [
+        _aggregate(
+            lay, lambda n, li=li: criteria.wanda_map(inp.lins[li][n].weight.detach().float(), stats[li].inputs[n].norm)
+        )
+        for li, lay in enumerate(inp.layouts)
+    ]
+
+
+def flap_criterion(inp: ScoreInputs) -> list[dict]:
+    stats = _input_stats(inp)
+    return [
+        _aggregate(
+            lay,
+            lambda n, li=li: criteria.flap_map(
+                inp.lins[li][n].weight.detach().float(), stats[li].inputs[n].var, n in criteria.CONSUMERS
+            ),
+        )
+        for li, lay in enumerate(inp.layouts)
+    ]
+
+
+def taylor_criterion(inp: ScoreInputs) -> list[dict]:
+    gstats = gradient_stats(inp.model, inp.batches, kfac=False, weight_grads=True, progress=inp.progress)
+    return [
+        _aggregate(
+            lay,
+            lambda n, li=li: criteria.taylor_map(
+                inp.lins[li][n].weight.detach().float(), gstats[li].weight_grads[n].float()
+            ),
+        )
+        for li, lay in enumerate(inp.layouts)
+    ]
+
+
+def loraprune_criterion(inp: ScoreInputs) -> list[dict]:
+    from slimdeploy.score.loraprune import loraprune_maps
+
+    maps = loraprune_maps(inp.model, inp.batches, seed=inp.seed, progress=inp.progress)
+    return [_aggregate(lay, lambda n, li=li: maps[li][n]) for li, lay in enumerate(inp.layouts)]
+
+
+def surgeon_criterion(inp: ScoreInputs) -> list[dict]:
+    inp.stats = gradient_stats(inp.model, inp.batches, kfac=True, progress=inp.progress)  # kept for the update
+    return [_surgeon_layer(lay, inp.lins[li], inp.stats[li]) for li, lay in enumerate(inp.layouts)]
+
+
 def score(
     model, criterion: str, batches: torch.Tensor | None, seed: int = 0, need_layers: bool = False, progress=None
 ) -> GroupScores:
-    """Score every group of every decoder layer of `model` with `criterion`."""
-    _check(criterion)
-    if criterion in NEEDS_DATA and batches is None:
+    """Score every group of every decoder layer of `model` with `criterion` (a registered name)."""
+    spec = get_criterion(criterion)
+    if spec.needs_data and batches is None:
         raise SlimdeployError(f"criterion {criterion!r} needs calibration data")
     layers = decoder_layers(model)
-    layouts = [layer_layout(layer) for layer in layers]
-    lins = [linears(layer) for layer in layers]
-    layer_scores, stats = None, None
-    if criterion == "random":
-        g = torch.Generator().manual_seed(seed)
-        per_layer = [
-            {
-                "mlp": criteria.random_scores(lay.intermediate, g),
-                "head": criteria.random_scores(lay.heads, g),
-                "kv": criteria.random_scores(lay.kv_heads, g),
-            }
-            for lay in layouts
-        ]
-        layer_scores = criteria.random_scores(len(layers), g)
-        return GroupScores(per_layer, layer_scores, criterion)
-    if batches is not None and (criterion in ("wanda", "flap") or need_layers):
-        stats = layerwise_input_stats(model, batches, progress=progress)
-        layer_scores = torch.tensor([s.block_influence for s in stats], dtype=torch.float64)
-    if criterion in ("l1", "l2"):
-        p = 1 if criterion == "l1" else 2
-        per_layer = [
-            _aggregate(lay, lambda n, li=li: criteria.magnitude_map(lins[li][n].weight.detach().float(), p))
-            for li, lay in enumerate(layouts)
-        ]
-    elif criterion == "wanda":
-        per_layer = [
-            _aggregate(
-                lay, lambda n, li=li: criteria.wanda_map(lins[li][n].weight.detach().float(), stats[li].inputs[n].norm)
-            )
-            for li, lay in enumerate(layouts)
-        ]
-    elif criterion == "flap":
-        per_layer = [
-            _aggregate(
-                lay,
-                lambda n, li=li: criteria.flap_map(
-                    lins[li][n].weight.detach().float(), stats[li].inputs[n].var, n in criteria.CONSUMERS
-                ),
-            )
-            for li, lay in enumerate(layouts)
-        ]
-    elif criterion == "taylor":
-        gstats = gradient_stats(model, batches, kfac=False, weight_grads=True, progress=progress)
-        per_layer = [
-            _aggregate(
-                lay,
-                lambda n, li=li: criteria.taylor_map(
-                    lins[li][n].weight.detach().float(), gstats[li].weight_grads[n].float()
-                ),
-            )
-            for li, lay in enumerate(layouts)
-        ]
-    elif criterion == "loraprune":
-        from slimdeploy.score.loraprune import loraprune_maps
-
-        maps = loraprune_maps(model, batches, seed=seed, progress=progress)
-        per_layer = [_aggregate(lay, lambda n, li=li: maps[li][n]) for li, lay in enumerate(layouts)]
-    else:  # surgeon
-        stats = gradient_stats(model, batches, kfac=True, progress=progress)
-        per_layer = [_surgeon_layer(lay, lins[li], stats[li]) for li, lay in enumerate(layouts)]
+    inp = ScoreInputs(model, batches, seed, [layer_layout(ly) for ly in layers], [linears(ly) for ly in layers])
+    inp.progress = progress
+    if batches is not None and need_layers and criterion != "random":  # depth: block influence (ShortGPT)
+        inp.layer_scores = torch.tensor([s.block_influence for s in _input_stats(inp)], dtype=torch.float64)
+    per_layer = spec.function()(inp)
     for li, s in enumerate(per_layer):
         for kind, v in s.items():
             if not torch.isfinite(v).all():
                 raise SlimdeployError(f"criterion {criterion} gave non-finite scores in layer {li} ({kind})")
-    return GroupScores(per_layer, layer_scores, criterion, stats)
+    return GroupScores(per_layer, inp.layer_scores, criterion, inp.stats)

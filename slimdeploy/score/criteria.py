@@ -20,8 +20,6 @@ import torch
 
 from slimdeploy.analyze.groups import ROWS
 
-SEPARABLE = ("l1", "l2", "random", "wanda", "flap", "taylor", "loraprune")
-
 
 def magnitude_map(W: torch.Tensor, p: int = 2) -> torch.Tensor:
     return W.abs() if p == 1 else W.pow(2)

@@ -75,7 +75,7 @@ def runtime_dir(backend: str, src: Path, work: Path, dtype: str) -> Path:
 
         if not has_tokenizer(src):
             src = _with_stand_in_tokenizer(src, work.parent / f"{work.name}-src")
-        export_ort_genai(src, work, precision="fp32", verify=False)
+        export_ort_genai(src, work, dtype="fp32", verify=False)
         return work
     return src
 

@@ -10,7 +10,6 @@ dies ends the run: what was measured is kept and the report is marked partial.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -18,6 +17,7 @@ import torch
 
 from slimdeploy.analyze.summary import param_stats
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.serve.engines import torch_generate_timed
 from slimdeploy.serve.metrics import kv_bytes_per_token, ratio_block, spread, summarize_run
 from slimdeploy.serve.worker import BackendDied
 
@@ -88,25 +88,6 @@ def request_set(vocab_size: int, n: int, input_len: int, seed: int) -> torch.Ten
     """The fixed prompts every model and backend gets: (n, input_len) token ids, seeded."""
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab_size, (n, input_len), generator=g)
-
-
-@torch.no_grad()
-def torch_generate_timed(model, prompts: torch.Tensor, output_len: int) -> tuple[list[list[float]], float]:
-    """Greedy decode with a KV cache, EOS ignored; returns per-request token timestamps and the start time."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    start = time.perf_counter()
-    out = model(input_ids=prompts, past_key_values=cache, use_cache=True)
-    times = [[time.perf_counter()] for _ in range(len(prompts))]
-    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-    for _ in range(output_len - 1):
-        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
-        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        now = time.perf_counter()
-        for t in times:
-            t.append(now)
-    return times, start
 
 
 def model_facts(model, dtype_bytes: int) -> dict:

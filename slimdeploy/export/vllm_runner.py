@@ -1,7 +1,7 @@
 """Run vLLM's offline engine in a child process and return greedy token ids (JSON on stdout).
 
 vLLM starts its engine with spawn and keeps global state, so every use gets a fresh interpreter:
-    python -m slimdeploy.serve.vllm_runner MODEL_DIR REQUEST.json
+    python -m slimdeploy.export.vllm_runner MODEL_DIR REQUEST.json
 REQUEST.json: {"prompts": [[ids...], ...], "max_tokens": N, "dtype": "float32", "max_model_len": 512}
 """
 
@@ -73,7 +73,7 @@ def vllm_greedy(
                 }
             )
         )
-        cmd = [sys.executable, "-m", "slimdeploy.serve.vllm_runner", str(model_dir), str(req)]
+        cmd = [sys.executable, "-m", "slimdeploy.export.vllm_runner", str(model_dir), str(req)]
         try:
             proc = run_child(cmd, timeout=timeout, env=child_env(scratch))
         except subprocess.TimeoutExpired:

@@ -1,4 +1,4 @@
-"""Saving and reloading pruned models: whole or not at all, with the record of what was kept.
+"""Model folders: writing them (safetensors, tokenizer, the PruneRecord) and reading per-layer-width ones.
 
 Uniform models reload with plain `from_pretrained`. Models with per-layer widths carry
 `slimdeploy_layer_widths` in config.json; `load_per_layer` builds the stock model, narrows each layer to
@@ -7,21 +7,30 @@ its widths, then reads the safetensors (vLLM loads them through the DeciLM expor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from slimdeploy.errors import SlimdeployError
 
+if TYPE_CHECKING:  # typing only: load/ never imports prune/ at run time
+    from slimdeploy.prune.record import PruneRecord
 
-def save_model(model, tokenizer, out_dir: Path) -> None:
-    """save_pretrained (safetensors) + tokenizer + pruning.json into an existing directory.
+
+def check_finite(model, source: str) -> None:
+    """NaN/Inf weights make every later number meaningless: refuse them (at load, before save), naming the
+    tensor; `source` says where (a path, or what was about to happen)."""
+    for name, p in model.named_parameters():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise SlimdeployError(f"{source}: weight {name} contains NaN or Inf; repair or re-export the model")
+
+
+def save_model(model, tokenizer, out_dir: Path, record: PruneRecord | None = None) -> None:
+    """save_pretrained (safetensors) + tokenizer + the PruneRecord (pruning.json) into an existing directory.
 
     A model still wrapped with LoRA layers (an adapter not merged yet) is saved as its frozen base weights,
     under the base model's own names: the adapter is saved on its own."""
-    from slimdeploy.load.model import check_finite
-
     check_finite(model, "refusing to save the model")
     state = model.state_dict()
     if any(".base_layer." in k for k in state):
@@ -31,9 +40,8 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
         model.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
-    record = getattr(model, "slimdeploy_record", None)
     if record is not None:
-        (out_dir / "pruning.json").write_text(json.dumps(record))
+        record.save(out_dir)
 
 
 def load_per_layer(path: Path, dtype):
@@ -42,7 +50,7 @@ def load_per_layer(path: Path, dtype):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from slimdeploy.analyze.adapters import decoder_layers
-    from slimdeploy.prune.apply import prune_attention, prune_mlp
+    from slimdeploy.analyze.slicing import prune_attention, prune_mlp
 
     config = AutoConfig.from_pretrained(path)
     widths = config.slimdeploy_layer_widths
@@ -68,8 +76,3 @@ def load_per_layer(path: Path, dtype):
     if dtype not in ("auto", None):
         model.to(dtype)
     return model.eval()
-
-
-def load_record(path: Path) -> dict | None:
-    rec = Path(path) / "pruning.json"
-    return json.loads(rec.read_text()) if rec.exists() else None

@@ -54,7 +54,7 @@ def check_exportable(
             f"supported: {', '.join(sorted(ARCHITECTURES))}"
         )
     if dtype not in exporter.dtypes:
-        raise SlimdeployError(f"dtype {dtype} is not available for {format} exports: {', '.join(exporter.dtypes)}")
+        raise SlimdeployError(f"dtype {dtype!r} is not available for {format} exports: {', '.join(exporter.dtypes)}")
     per_layer = "slimdeploy_layer_widths" in config if per_layer is None else per_layer
     module, label = exporter.runtime
     if (verify or exporter.runtime_builds) and importlib.util.find_spec(module) is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from slimdeploy.load.checkpoint import save_model
 from slimdeploy.pipeline.state import PipelineState, StageContext, StageResult
 from slimdeploy.recipe.schema import BenchStage, EvalStage, ExportStage, MergeStage, PruneStage, RecoverStage
 
-StageFn = Callable[[PipelineState, object, StageContext], StageResult]
+StageFn = Callable[[PipelineState, Any, StageContext], StageResult]  # Any: each takes its own config
 STAGES: dict[type, StageFn] = {}
 
 

@@ -29,8 +29,10 @@ def make_budget(model) -> Budget:
     )
 
 
-def _complement(n: int, keep: torch.Tensor) -> torch.Tensor:
+def _complement(n: int, keep: torch.Tensor | None) -> torch.Tensor:
     mask = torch.ones(n, dtype=torch.bool)
+    if keep is None:  # that structure is left whole: nothing removed
+        return mask.logical_not().nonzero().flatten()
     mask[keep] = False
     return mask.nonzero().flatten()
 
@@ -73,7 +75,7 @@ def prune(
     t0 = time.perf_counter()
     p0 = sum(p.numel() for p in model.parameters())
     record = record or PruneRecord.initial(model)
-    kinds = set(config.structures)
+    kinds: set[str] = set(config.structures)
     update = config.update if config.update != "auto" else ("cols" if config.criterion == "surgeon" else "none")
     if update != "none" and config.criterion != "surgeon":
         raise SlimdeployError("the OBS weight update needs curvature: use it with criterion surgeon")

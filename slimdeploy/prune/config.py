@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from slimdeploy.score.registry import criterion_names
 
 Structure = Literal["mlp", "head", "kv", "layer"]
+DEFAULT_STRUCTURES: tuple[Structure, ...] = ("mlp", "head")
 
 
 class PruneConfig(BaseModel):
@@ -19,7 +20,7 @@ class PruneConfig(BaseModel):
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of all parameters removed")
     criterion: str = Field("surgeon", description=f"one of {', '.join(criterion_names())} (or a registered one)")
     allocation: Literal["uniform", "global"] = "uniform"
-    structures: list[Structure] = Field(default_factory=lambda: ["mlp", "head"])
+    structures: list[Structure] = Field(default_factory=lambda: list(DEFAULT_STRUCTURES))
     round_to: int = Field(64, ge=1, description="kept MLP widths are multiples of this")
     tp_size: int = Field(1, ge=1, description="keep head and channel counts divisible for tensor parallel")
     attn_share: float | None = Field(None, ge=0, le=1, description="share of the removal taken from attention")

@@ -74,7 +74,13 @@ def _attn_params(k: int, r: int, lay: LayerLayout, hidden: int, bias: bool) -> i
 
 
 def choose_uniform_widths(
-    b: Budget, target_remove: int, kinds: set[str], round_to: int, tp: int, attn_share: float | None, layers: list[int]
+    b: Budget,
+    target_remove: float,
+    kinds: set[str],
+    round_to: int,
+    tp: int,
+    attn_share: float | None,
+    layers: list[int],
 ) -> tuple[int, int, int, int]:
     """Search (kv kept, heads per kv, mlp kept) shared by `layers` that removes closest to `target_remove`.
 
@@ -224,6 +230,10 @@ def _global_counts(scores, b: Budget, editable: list[int], m: int, k: int, round
     return mlp_counts, kv_counts
 
 
+def _kept(keep: torch.Tensor | None, full: int) -> int:
+    return full if keep is None else len(keep)  # None: that structure is left whole
+
+
 def predict_params(b: Budget, plans: list[LayerPlan | None], live: list[int]) -> int:
     """Parameters after applying the plan: untouched layers as they are, edited ones by their kept widths."""
     total = b.total_params - sum(b.layer_params)
@@ -232,9 +242,11 @@ def predict_params(b: Budget, plans: list[LayerPlan | None], live: list[int]) ->
         if p is None:
             total += b.layer_params[i]
             continue
-        mlp_rm = (lay.intermediate - len(p.mlp_keep)) * group_params("mlp", lay, b.hidden, b.qkv_bias)
-        heads = len(p.heads_keep)
-        kv = len(p.kv_keep)
+        mlp_rm = (lay.intermediate - _kept(p.mlp_keep, lay.intermediate)) * group_params(
+            "mlp", lay, b.hidden, b.qkv_bias
+        )
+        heads = _kept(p.heads_keep, lay.heads)
+        kv = _kept(p.kv_keep, lay.kv_heads)
         attn_rm = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias) - _attn_params(
             kv, heads // kv, lay, b.hidden, b.qkv_bias
         )

@@ -57,6 +57,7 @@ class PruneRecord:
             if lp.mlp_keep is not None:
                 entry["mlp_keep"] = [entry["mlp_keep"][j] for j in lp.mlp_keep.tolist()]
             if lp.heads_keep is not None:
+                assert lp.kv_keep is not None, "a plan that keeps heads names the KV heads too"
                 entry["heads_keep"] = [entry["heads_keep"][j] for j in lp.heads_keep.sort().values.tolist()]
                 entry["kv_keep"] = [entry["kv_keep"][j] for j in lp.kv_keep.sort().values.tolist()]
         if plan.layers_keep is not None:

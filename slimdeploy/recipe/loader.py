@@ -45,7 +45,9 @@ def stage_kinds(spec: str) -> set[str]:
         data = yaml.safe_load(find_recipe(spec).read_text()) or {}
     except yaml.YAMLError:
         return set()
-    return {s.get("kind") for s in data.get("stages", []) if isinstance(s, dict)} if isinstance(data, dict) else set()
+    if not isinstance(data, dict):
+        return set()
+    return {s["kind"] for s in data.get("stages", []) if isinstance(s, dict) and isinstance(s.get("kind"), str)}
 
 
 def _line_of(node, loc: tuple) -> int | None:

@@ -33,12 +33,16 @@ def _aggregate(lay, element_map) -> dict[str, torch.Tensor]:
     """Group scores from a per-projection element map: sum over each group's rows/columns."""
     out = {}
     for kind in GROUP_KINDS:
-        total = None
-        for mem in members(kind, lay):
-            s = criteria.block_sums(element_map(mem.linear), mem.blocks, mem.axis).double()
-            total = s if total is None else total + s
-        out[kind] = total
+        parts = [criteria.block_sums(element_map(m.linear), m.blocks, m.axis).double() for m in members(kind, lay)]
+        out[kind] = _sum(parts)
     return out
+
+
+def _sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    total = parts[0]
+    for s in parts[1:]:  # left to right, as the groups' members are listed
+        total = total + s
+    return total
 
 
 def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
@@ -51,7 +55,7 @@ def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
 
     out = {}
     for kind in GROUP_KINDS:
-        total = None
+        parts = []
         for mem in members(kind, lay):
             W = lin[mem.linear].weight.detach()
             A, G = st.inputs[mem.linear].A, st.out_grads[mem.linear].A
@@ -59,8 +63,8 @@ def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
                 s = surgeon.column_costs(W, inv(("A", mem.linear), A), G, mem.blocks)
             else:
                 s = surgeon.row_costs(W, A, inv(("G", mem.linear), G), mem.blocks)
-            total = s if total is None else total + s
-        out[kind] = total
+            parts.append(s)
+        out[kind] = _sum(parts)
     return out
 
 
@@ -76,6 +80,12 @@ class ScoreInputs:
     stats: list | None = None  # layer-wise input statistics (wanda, flap, depth), or K-FAC (surgeon)
     progress: Any = None
     layer_scores: torch.Tensor | None = None  # a criterion may score whole layers itself (random does)
+
+
+def _calibration(inp: ScoreInputs) -> torch.Tensor:
+    if inp.batches is None:  # score() refuses this for criteria registered with needs_data
+        raise SlimdeployError("this criterion needs calibration data")
+    return inp.batches
 
 
 def random_criterion(inp: ScoreInputs) -> list[dict]:
@@ -106,7 +116,7 @@ def l2_criterion(inp: ScoreInputs) -> list[dict]:
 
 def _input_stats(inp: ScoreInputs) -> list:
     if inp.stats is None:
-        inp.stats = layerwise_input_stats(inp.model, inp.batches, progress=inp.progress)
+        inp.stats = layerwise_input_stats(inp.model, _calibration(inp), progress=inp.progress)
     return inp.stats
 
 
@@ -134,7 +144,7 @@ def flap_criterion(inp: ScoreInputs) -> list[dict]:
 
 
 def taylor_criterion(inp: ScoreInputs) -> list[dict]:
-    gstats = gradient_stats(inp.model, inp.batches, kfac=False, weight_grads=True, progress=inp.progress)
+    gstats = gradient_stats(inp.model, _calibration(inp), kfac=False, weight_grads=True, progress=inp.progress)
     return [
         _aggregate(
             lay,
@@ -149,12 +159,12 @@ def taylor_criterion(inp: ScoreInputs) -> list[dict]:
 def loraprune_criterion(inp: ScoreInputs) -> list[dict]:
     from slimdeploy.score.loraprune import loraprune_maps
 
-    maps = loraprune_maps(inp.model, inp.batches, seed=inp.seed, progress=inp.progress)
+    maps = loraprune_maps(inp.model, _calibration(inp), seed=inp.seed, progress=inp.progress)
     return [_aggregate(lay, lambda n, li=li: maps[li][n]) for li, lay in enumerate(inp.layouts)]
 
 
 def surgeon_criterion(inp: ScoreInputs) -> list[dict]:
-    inp.stats = gradient_stats(inp.model, inp.batches, kfac=True, progress=inp.progress)  # kept for the update
+    inp.stats = gradient_stats(inp.model, _calibration(inp), kfac=True, progress=inp.progress)  # kept for the update
     return [_surgeon_layer(lay, inp.lins[li], inp.stats[li]) for li, lay in enumerate(inp.layouts)]
 
 

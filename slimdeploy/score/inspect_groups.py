@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout
 from slimdeploy.analyze.groups import count_groups, group_params
 
@@ -11,7 +13,7 @@ def describe_groups(loaded, data: str | None, criterion: str) -> dict:
     fam = family_of(model)
     hidden = model.config.hidden_size
     lay0 = layer_layout(decoder_layers(model)[0])
-    out = {
+    out: dict[str, Any] = {
         "family": fam.model_type,
         "params_per_group": {k: group_params(k, lay0, hidden, fam.qkv_bias) for k in ("mlp", "head", "kv")},
         "layers": count_groups(model),

@@ -73,7 +73,8 @@ def loraprune_maps(
     saved = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    handles, proj = [], {}
+    handles: list = []
+    proj: dict = {}
     for li, lins in enumerate(layers):
         for name, lin in lins.items():
             A = fresh_lora_A(lin.in_features, rank, gen)

@@ -43,15 +43,18 @@ class InputStats:
 
     @property
     def norm(self) -> torch.Tensor:  # ||X_j||_2 over all calibration tokens (Wanda)
+        assert self.sumsq is not None, "no activations recorded"
         return self.sumsq.sqrt().float()
 
     @property
     def var(self) -> torch.Tensor:  # per-feature variance over tokens (FLAP's fluctuation)
+        assert self.sum is not None and self.sumsq is not None, "no activations recorded"
         mean = self.sum / self.n
         return (self.sumsq / self.n - mean * mean).clamp_min(0).float()
 
     @property
     def A(self) -> torch.Tensor:  # E[x x^T]
+        assert self.cov is not None, "no covariance recorded (with_cov was off)"
         return (self.cov / self.n).float()
 
 

@@ -70,17 +70,16 @@ def main() -> None:
         report = json.loads((out / "bench.json").read_text())
         cand = report["models"]["candidate"]
         for c, v in cand["vs_baseline"].items():
-            if isinstance(v, dict):
-                row = {"backend": backend, "dtype": DTYPE[backend], "concurrency": int(c), **v}
-                row["tpot_ms"] = {
-                    n: m["concurrency"][c]["tpot_s"]["p50"]["median"] * 1e3 for n, m in report["models"].items()
-                }
-                rows.append(row)
-                print(
-                    f"{backend} c={c}: decode {v['decode_speedup']:.3f}x, ideal {v['ideal_speedup']:.3f}x, "
-                    f"{v['fraction_of_ideal']:.1%} of ideal",
-                    flush=True,
-                )
+            row = {"backend": backend, "dtype": DTYPE[backend], "concurrency": int(c), **v}
+            row["tpot_ms"] = {
+                n: m["concurrency"][c]["tpot_s"]["p50"]["median"] * 1e3 for n, m in report["models"].items()
+            }
+            rows.append(row)
+            print(
+                f"{backend} c={c}: decode {v['decode_speedup']:.3f}x, ideal {v['ideal_speedup']:.3f}x, "
+                f"{v['fraction_of_ideal']:.1%} of ideal",
+                flush=True,
+            )
         rows.append(
             {"backend": backend, "seconds": round(time.perf_counter() - t0), "bench_md": (out / "bench.md").read_text()}
         )

@@ -72,14 +72,13 @@ def run_cmd(
         raise SlimdeployError(f"the run stopped early: {report['error']} (partial results in {out}/bench.json)")
 
     def human(r: dict) -> None:
-        for c, v in r["models"]["candidate"]["vs_baseline"].items():
-            if c == "weight_memory_saved":
-                print(f"weight memory saved: {v:.1%}")
-            else:
-                print(
-                    f"concurrency {c}: decode speedup {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x, "
-                    f"{v['fraction_of_ideal']:.0%} of ideal), throughput {v['throughput_speedup']:.2f}x"
-                )
+        cand = r["models"]["candidate"]
+        for c, v in cand["vs_baseline"].items():
+            print(
+                f"concurrency {c}: decode speedup {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x, "
+                f"{v['fraction_of_ideal']:.0%} of ideal), throughput {v['throughput_speedup']:.2f}x"
+            )
+        print(f"weight memory saved: {cand['weight_memory_saved']:.1%}")
         print(f"written to {out}/bench.json, bench.md and bench.png")
         if r.get("gate"):
             print("live gate (candidate vs baseline): " + ("pass" if r["gate"]["pass"] else "FAIL"))

@@ -176,7 +176,6 @@ def _artifact_line(s: dict) -> str:
         f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "
         f"{v['throughput_speedup']:.2f}x"
         for c, v in s["vs_baseline"].items()
-        if isinstance(v, dict)
     ]
     return f"- bench (`{s['path']}`, {s['backend']} backend): " + "; ".join(parts)
 

@@ -171,7 +171,7 @@ def run_bench(runners: dict, facts: dict, cfg: BenchConfig, vocab: int, backend:
             c: ratio_block(_median_run(base["concurrency"][c]), _median_run(cand["concurrency"][c]), ideal)
             for c in common
         }
-        cand["vs_baseline"]["weight_memory_saved"] = 1 - cand["weight_bytes"] / base["weight_bytes"]
+        cand["weight_memory_saved"] = 1 - cand["weight_bytes"] / base["weight_bytes"]  # not per concurrency
     return report
 
 

@@ -58,14 +58,15 @@ with output_lock(Path(sys.argv[1])):
 
 
 def test_ctrl_c_says_how_to_continue(tmp_path, tokenizer, text_file, capsys, monkeypatch):
-    from slimdeploy.pipeline import runner
+    from slimdeploy.pipeline.stages import STAGES
+    from slimdeploy.recipe.schema import PruneStage
 
     model = save_tiny(tmp_path / "m", tokenizer)
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "_stage_prune", interrupted)
+    monkeypatch.setitem(STAGES, PruneStage, interrupted)
     args = ["--quiet", "compress", "--recipe", str(_recipe(tmp_path, text_file)), "--model", str(model), "--out", "o"]
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(args, capsys)

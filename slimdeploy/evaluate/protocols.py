@@ -38,7 +38,7 @@ def wikitext_rows(source: str) -> tuple[list[str], dict]:
         from slimdeploy.load.data import hf_rows
 
         return hf_rows(source)
-    from slimdeploy.load.data import _file_digest
+    from slimdeploy.load.data import file_digest
 
     path = Path(source).expanduser()
     if not path.is_file():
@@ -50,7 +50,7 @@ def wikitext_rows(source: str) -> tuple[list[str], dict]:
     rows = [line if line.strip() else "" for line in lines]
     if not any(rows):
         raise SlimdeployError(f"{source} contains no text")
-    fp = {"source": str(path), "sha256": _file_digest(path), "rows": len(rows)}
+    fp = {"source": str(path), "sha256": file_digest(path), "rows": len(rows)}
     return rows, fp
 
 

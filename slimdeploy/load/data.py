@@ -26,7 +26,7 @@ class TextSource:
     kind: str = "text"  # text | jsonl | demo | hf: only plain text files are cut at blank lines
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -79,7 +79,7 @@ def load_texts(source: str | None, split: str = "eval") -> TextSource:
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise SlimdeployError(f"{source} contains no text")
-    fp = {"source": str(path), "sha256": _file_digest(path), "bytes": path.stat().st_size, "documents": len(docs)}
+    fp = {"source": str(path), "sha256": file_digest(path), "bytes": path.stat().st_size, "documents": len(docs)}
     return TextSource(docs, fp, kind="jsonl" if path.suffix == ".jsonl" else "text")
 
 

@@ -65,7 +65,7 @@ def resolve_source(spec: str | None) -> tuple[str, str]:
     return "hub", spec
 
 
-def _check_config(path: Path) -> None:
+def check_config(path: Path) -> None:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -80,7 +80,7 @@ def _check_config(path: Path) -> None:
         )
 
 
-def _check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> None:
     """Open every shard's header so a truncated or corrupt file fails here with a clear message."""
     from safetensors import safe_open
 
@@ -130,8 +130,8 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": td, "trust_remote_code": trust_remote_code}
     if kind in ("dir", "demo"):
         path = Path(location)
-        _check_config(path)
-        _check_safetensors(path)
+        check_config(path)
+        check_safetensors(path)
         from slimdeploy.load.checkpoint import load_per_layer
         from slimdeploy.utils.trust import remote_code_allowed
 

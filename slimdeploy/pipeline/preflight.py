@@ -36,7 +36,7 @@ def data_inputs(recipe: Recipe) -> list[str]:
 
 def model_config(model_spec: str | None) -> tuple[str, dict | None]:
     """(kind, config.json) of the model without loading weights; config None where only loading can tell."""
-    from slimdeploy.load.model import _check_config, _check_safetensors, resolve_source
+    from slimdeploy.load.model import check_config, check_safetensors, resolve_source
 
     if model_spec is not None and model_spec.startswith("shape:"):
         return "shape", None
@@ -44,8 +44,8 @@ def model_config(model_spec: str | None) -> tuple[str, dict | None]:
     if kind not in ("dir", "demo"):
         return kind, None
     path = Path(location)
-    _check_config(path)
-    _check_safetensors(path)
+    check_config(path)
+    check_safetensors(path)
     return kind, json.loads((path / "config.json").read_text())
 
 

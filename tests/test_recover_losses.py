@@ -57,3 +57,41 @@ def test_slices_smaller_than_the_batch_give_the_same_loss():
     sliced = lm_kd_loss(hidden, model.lm_head, x, 0.7, 1.5, hidden * 0.9, model.lm_head, chunk=5)
     assert whole.item() > 0
     assert sliced.item() == pytest.approx(whole.item(), rel=1e-6)
+
+
+def test_teacher_in_bf16_gives_nearly_the_fp32_loss_with_half_the_memory():
+    teacher = build_tiny_model("llama", seed=1, vocab_size=300)
+    half = build_tiny_model("llama", seed=1, vocab_size=300).to(torch.bfloat16)
+    student = build_tiny_model("llama", seed=2, vocab_size=300)
+    cfg = RecoverConfig(kd_weight=1.0, bf16=False, steps=1)
+    x = torch.randint(1, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full, low = step_loss(student, x, cfg, teacher).item(), step_loss(student, x, cfg, half).item()
+    assert low == pytest.approx(full, rel=2e-2) and low != full  # the bf16 teacher really ran
+    size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())  # noqa: E731
+    assert size(half) * 2 == size(teacher)
+
+
+def test_teacher_device_is_checked_before_any_work(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="teacher_device"):
+        RecoverConfig(teacher_device="tpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU refusal cannot be shown here")
+    from slimdeploy.errors import SlimdeployError
+    from slimdeploy.pipeline.runner import load_teacher
+
+    with pytest.raises(SlimdeployError, match="no CUDA device here"):
+        load_teacher(None, "bf16", "cuda", False)
+
+
+def test_compress_refuses_a_cuda_teacher_without_a_gpu_in_preflight(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from conftest import run_cli
+
+    args = ["compress", "--recipe", "20pct", "--set", "recover.teacher_device=cuda:0", "--dry-run"]
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 1 and "no CUDA device here" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -78,6 +78,13 @@ def check_data(stage, recipe: Recipe) -> None:
         for source in sources:
             if source is not None:
                 recovery_docs(source, stage.prompt_template)
+        if stage.kd_weight > 0 and stage.teacher_device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SlimdeployError(
+                    f"recover.teacher_device {stage.teacher_device}: no CUDA device here; use same or cpu"
+                )
 
 
 def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:

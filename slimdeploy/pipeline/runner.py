@@ -25,7 +25,7 @@ from slimdeploy.pipeline.stages import stage_function
 from slimdeploy.pipeline.state import PipelineState, StageContext
 from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, record_for
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
-from slimdeploy.recipe.schema import Recipe
+from slimdeploy.recipe.schema import Recipe, RecoverStage
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -118,8 +118,9 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         record = {"kind": "load", "source": state.source, "samples": before}
         state.stages.append({**record, **param_stats(state.model)})
         start = 0
-    if any(getattr(s, "kd_weight", 0) > 0 for s in recipe.stages[start:]):
-        state.teacher = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=False).model
+    kd = [s for s in recipe.stages[start:] if isinstance(s, RecoverStage) and s.kd_weight > 0]
+    if kd:  # the unpruned model, in the dtype and on the device the first distilling stage asks for
+        state.teacher = load_teacher(model_spec, kd[0].teacher_dtype, kd[0].teacher_device, trust_remote_code)
     n = len(recipe.stages)
     for i, cfg in enumerate(recipe.stages[start:], start=start):
         t0 = time.perf_counter()
@@ -156,6 +157,15 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def load_teacher(model_spec: str | None, dtype: str, device: str, trust_remote_code: bool):
+    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False).model
+    if device != "same":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SlimdeployError(f"recover.teacher_device {device}: no CUDA device here; use same or cpu")
+        teacher.to(device)
+    return teacher.eval().requires_grad_(False)
 
 
 class Interrupted(SlimdeployError):

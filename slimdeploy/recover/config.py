@@ -35,6 +35,14 @@ class RecoverConfig(BaseModel):
     bf16: bool = Field(True, description="bf16 autocast on CPU (AMX); master weights stay fp32")
     kd_weight: float = Field(0.0, ge=0, le=1, description="0: LM loss only; 1: only KL to the unpruned teacher")
     kd_temperature: float = Field(1.0, gt=0)
+    teacher_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype the unpruned teacher loads in: bf16 halves its memory (it only runs forward)"
+    )
+    teacher_device: str = Field(
+        "same",
+        pattern=r"^(same|cpu|cuda(:\d+)?)$",
+        description="where the teacher runs: same (as the student), cpu, cuda[:N]",
+    )
     data: str | list[str] | None = Field(
         None, description=".txt/.jsonl/alpaca .json/hf: (a list mixes sources); default: demo train split"
     )

@@ -59,10 +59,11 @@ def lm_kd_loss(
     use_kd = teacher_hidden is not None and kd_weight > 0
     labels = shifted_labels(ids).flatten()
     h = hidden.flatten(0, 1)
-    th = teacher_hidden.flatten(0, 1).detach() if use_kd else None
+    th = teacher_hidden.flatten(0, 1).detach().to(h.device) if use_kd else None
     chunk = chunk or chunk_tokens(head.weight.shape[0])
-    t_w = teacher_head.weight.detach() if use_kd else None
-    t_b = teacher_head.bias.detach() if use_kd and teacher_head.bias is not None else None
+    # the teacher may sit on another device: its head (vocab x hidden, not the whole model) comes over
+    t_w = teacher_head.weight.detach().to(h.device) if use_kd else None
+    t_b = teacher_head.bias.detach().to(h.device) if use_kd and teacher_head.bias is not None else None
     ce_sum = kl_sum = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
         args = (h[i : i + chunk], labels[i : i + chunk], th[i : i + chunk] if use_kd else None)
@@ -113,6 +114,6 @@ def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked:
         loss = out.loss
         if use_kd:
             with torch.no_grad():
-                t_logits = teacher(input_ids=x, use_cache=False).logits
+                t_logits = teacher(input_ids=x.to(teacher.device), use_cache=False).logits.to(x.device)
             loss = (1 - cfg.kd_weight) * loss + cfg.kd_weight * kd_loss(out.logits, t_logits, cfg.kd_temperature)
     return loss

@@ -96,6 +96,11 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if FLAGS.debug:
             raise
+        from slimdeploy.utils.device import missing_kernel
+
+        if (why := missing_kernel(exc)) is not None:  # fp16/bf16 op without a kernel here: the input's dtype
+            print(f"error: {why}", file=sys.stderr)
+            sys.exit(1)
         # not an input we refuse on purpose: a defect. Say so, and how to get what a bug report needs.
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         print(

@@ -17,6 +17,7 @@ ModelOpt = Annotated[
     ),
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | fp32 | bf16 | fp16")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available) | cpu | cuda | cuda:N")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own Python code to run.")]
 
 
@@ -34,6 +35,7 @@ def eval_cmd(
     max_tokens: Annotated[Optional[int], typer.Option(min=2, help="Score the first N tokens only.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 8,
     dtype: DtypeOpt = "fp32",
+    device: DeviceOpt = "cpu",
     trust_remote_code: TrustOpt = False,
     protocol: Annotated[
         str,
@@ -52,7 +54,9 @@ def eval_cmd(
     from slimdeploy.evaluate.api import evaluate_perplexity
 
     if tasks is not None:
-        return _eval_tasks(model, tasks, task_data, limit, seed, batch_size, dtype, trust_remote_code, data, protocol)
+        return _eval_tasks(
+            model, tasks, task_data, limit, seed, batch_size, dtype, trust_remote_code, data, protocol, device
+        )
 
     result = evaluate_perplexity(
         model,
@@ -67,6 +71,7 @@ def eval_cmd(
         trust_remote_code,
         progress_factory=progress_bar,
         protocol=protocol,
+        device=device,
     )
 
     def human(r: dict) -> None:
@@ -85,13 +90,13 @@ def eval_cmd(
     emit(result, human)
 
 
-def _eval_tasks(model, tasks, task_data, limit, seed, batch_size, dtype, trust, data, protocol) -> None:
+def _eval_tasks(model, tasks, task_data, limit, seed, batch_size, dtype, trust, data, protocol, device) -> None:
     from slimdeploy.evaluate.api import evaluate_zero_shot
     from slimdeploy.evaluate.zeroshot import parse_tasks
 
     ppl = {"data": data, "protocol": protocol} if data or protocol != "sliding" else None
     result = evaluate_zero_shot(
-        model, parse_tasks(tasks), task_data, limit, batch_size, dtype, trust, seed, ppl, progress_bar
+        model, parse_tasks(tasks), task_data, limit, batch_size, dtype, trust, seed, ppl, progress_bar, device
     )
 
     def human(r: dict) -> None:
@@ -166,6 +171,8 @@ def prune_cmd(
     seed: Annotated[int, typer.Option(help="Calibration sampling seed.")] = 0,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "cpu",
+    dtype: Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16 | auto: the weights stay in it")] = "fp32",
 ) -> None:
     """Structured pruning (heads, KV groups, MLP channels, layers) to a smaller dense model."""
     from slimdeploy.prune.api import PruneConfig
@@ -190,7 +197,7 @@ def prune_cmd(
         "prune",
     )
     with progress_bar(f"pruning ({criterion})") as update:
-        report = prune_to_dir(model, config, out, force, trust_remote_code, update)
+        report = prune_to_dir(model, config, out, force, trust_remote_code, update, device, dtype)
     emit(
         report,
         lambda r: print(

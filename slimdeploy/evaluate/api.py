@@ -83,11 +83,12 @@ def evaluate_perplexity(
     trust_remote_code=False,
     progress_factory=None,
     protocol="sliding",
+    device="cpu",
 ) -> dict:
     """The `slimdeploy eval` stage: load, then score."""
     from slimdeploy.load.model import load_model
 
-    loaded = load_model(model_spec, dtype, trust_remote_code)
+    loaded = load_model(model_spec, dtype, trust_remote_code, device=device)
     bar = progress_factory("perplexity") if progress_factory else nullcontext(None)
     with bar as update:
         result = evaluate_loaded(
@@ -107,7 +108,7 @@ def evaluate_perplexity(
 
 def evaluate_zero_shot(
     model_spec, tasks: list[str], task_data, limit, batch_size, dtype, trust_remote_code, seed=0, ppl=None,
-    progress_factory=None,
+    progress_factory=None, device="cpu",
 ) -> dict:  # fmt: skip
     """`slimdeploy eval --tasks`: zero-shot accuracy (and, with ppl_args, perplexity) from one load."""
     from pathlib import Path
@@ -117,7 +118,7 @@ def evaluate_zero_shot(
 
     task_data = Path(task_data) if task_data else None
     check_tasks(tasks, task_data, limit)  # before the model loads
-    loaded = load_model(model_spec, dtype, trust_remote_code)
+    loaded = load_model(model_spec, dtype, trust_remote_code, device=device)
     require_tokenizer(loaded.tokenizer, "zero-shot evaluation")
     result = {"model": loaded.source, "dtype": dtype}
     result["zero_shot"] = zero_shot(loaded.model, loaded.tokenizer, tasks, task_data, limit, batch_size, seed)

@@ -110,12 +110,25 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     with_tokenizer: bool = True,
+    device: str = "cpu",
 ) -> Loaded:
-    """Load a causal LM (and tokenizer) from a directory, hub id, .gguf file or the embedded demo (None).
+    """Load a causal LM (and tokenizer) from a directory, hub id, .gguf file or the embedded demo (None), in
+    `dtype` (weights keep it: a bf16 model is not upcast), on `device` (auto | cpu | cuda[:N]).
 
     Refuses what would load silently wrong: missing or unexpected weights, non-finite weights, pickle-only
     folders, foreign Python code without the flag. A folder without tokenizer files loads with tokenizer
     None: stages that need text say so (`require_tokenizer`)."""
+    from slimdeploy.utils.device import check_dtype, resolve_device
+
+    device = resolve_device(device)  # an impossible device or dtype fails before any weight is read
+    check_dtype(dtype)
+    loaded = _load_on_cpu(spec, dtype, trust_remote_code, with_tokenizer)
+    if device != "cpu":
+        loaded.model.to(device)
+    return loaded
+
+
+def _load_on_cpu(spec: str | None, dtype: str, trust_remote_code: bool, with_tokenizer: bool) -> Loaded:
     if spec is not None and spec.startswith("shape:"):
         from slimdeploy.zoo.shapes import shape_model
 

@@ -36,6 +36,7 @@ def prune_loaded(
         batches, data_fp = calibration_data(
             loaded.tokenizer, config.data, config.n_samples, config.seq_len, config.seed
         )
+        batches = batches.to(next(loaded.model.parameters()).device)  # the model's device, whichever it is
     report, record = prune(loaded.model, config, batches, progress=progress, record=record)
     report["calibration"] = data_fp
     report["config"] = config.model_dump()
@@ -50,21 +51,32 @@ def prune_to_dir(
     force: bool = False,
     trust_remote_code: bool = False,
     progress=None,
+    device: str = "cpu",
+    dtype: str = "fp32",
 ) -> dict:
+    """Load, calibrate, prune and save to `out` (whole or not at all). The weights stay in `dtype` (a bf16
+    model is pruned in bf16; statistics and curvature accumulate in fp32/fp64) on `device`."""
+    from slimdeploy.utils.device import check_dtype, resolve_device
+
+    device = resolve_device(device)
+    check_dtype(dtype)
     inputs = [model_spec, config.data]
     check_output(out, force, inputs)  # before any weight loads
     with output_lock(out):  # a second run on the same --out fails now, not after the pruning
-        return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress)
+        return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype)
 
 
-def _prune_locked(model_spec, config: PruneConfig, out: Path, inputs, force, trust_remote_code, progress) -> dict:
+def _prune_locked(
+    model_spec, config: PruneConfig, out: Path, inputs, force, trust_remote_code, progress, device, dtype
+) -> dict:
     if config.data is not None and needs_text(config):
         from slimdeploy.load.data import load_texts
 
         load_texts(config.data, split="calibration")  # a missing or unreadable data file fails here, not later
-    loaded = load_model(model_spec, "fp32", trust_remote_code, with_tokenizer=needs_text(config))
+    loaded = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=needs_text(config), device=device)
     report, record = prune_loaded(loaded, config, progress, record_for(loaded))  # a pruned input composes
     report["model"] = loaded.source
+    report["device"], report["dtype"] = device, str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     with atomic_dir(out, force, inputs, what="prune") as tmp:
         save_model(loaded.model, loaded.tokenizer, tmp, record)
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))

@@ -1,0 +1,49 @@
+"""Devices and dtypes by name, checked before any weight loads (`--device`, `--dtype`).
+
+One code path for every device: stages move their inputs to the model's device and never branch on CUDA;
+what only a GPU can do is refused here, in one line, on a machine without one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from slimdeploy.errors import SlimdeployError
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+DEVICE_HELP = "auto (CUDA when available) | cpu | cuda | cuda:N"
+
+
+def resolve_device(spec: str | None) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda[:N]' only when that GPU exists."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not m:
+        raise SlimdeployError(f"unknown device {spec!r}: use {DEVICE_HELP}")
+    if not torch.cuda.is_available():
+        raise SlimdeployError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise SlimdeployError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return spec
+
+
+def check_dtype(name: str) -> str:
+    if name not in DTYPES:
+        raise SlimdeployError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return name
+
+
+def missing_kernel(exc: BaseException) -> str | None:
+    """A one-line explanation when torch has no kernel for an op in this dtype on this device, else None."""
+    m = re.search(r'"?(\w+)"? not implemented for \'(Half|BFloat16)\'', str(exc))
+    if not m:
+        return None
+    dtype = {"Half": "fp16", "BFloat16": "bf16"}[m.group(2)]
+    return f"torch has no {dtype} kernel for {m.group(1)} on this device; use --dtype fp32 (or bf16 on CPU)"

@@ -1,0 +1,86 @@
+"""Devices and dtypes: impossible ones refused in one line before any work; bf16 weights stay bf16 while
+statistics accumulate in fp32; the plumbing runs on CPU (this machine has no GPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+from safetensors import safe_open
+
+from slimdeploy.utils.device import missing_kernel, resolve_device
+
+NO_GPU = not torch.cuda.is_available()
+
+
+def test_auto_is_cpu_without_a_gpu_and_names_are_checked():
+    assert resolve_device("auto") == ("cpu" if NO_GPU else "cuda")
+    assert resolve_device("CPU") == "cpu"
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda:x"], "unknown device"),
+        (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    ]
+    + ([(["--device", "cuda"], "no CUDA device"), (["--device", "cuda:1"], "no CUDA device")] if NO_GPU else []),
+)
+def test_prune_and_eval_refuse_impossible_devices_and_dtypes(args, match, tiny_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["prune", "--model", str(tiny_dir), "--criterion", "l2", "--out", str(out), *args], capsys)
+    assert code == 1 and match in err and err.count("\n") == 1, err
+    assert not out.exists()
+    code, _, err = run_cli(["eval", "--model", str(tiny_dir), *args], capsys)
+    assert code == 1 and match in err and err.count("\n") == 1, err
+
+
+def test_bf16_prune_keeps_bf16_weights_sliced_exactly(tiny_dir, tmp_path, capsys, text_file):
+    """Weights are not upcast: the saved tensors are bf16 and equal the bf16 source at the kept rows."""
+    out = tmp_path / "out"
+    args = [
+        "prune",
+        "--model",
+        str(tiny_dir),
+        "--criterion",
+        "wanda",
+        "--data",
+        str(text_file),
+        "--round-to",
+        "8",
+        "--ratio",
+        "0.05",
+    ]
+    code, _, err = run_cli([*args, "--n-samples", "4", "--seq-len", "32", "--dtype", "bf16", "--out", str(out)], capsys)
+    assert code == 0, err
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["dtype"] == "bfloat16" and report["device"] == "cpu"
+    record = json.loads((out / "pruning.json").read_text())
+    with safe_open(out / "model.safetensors", "pt") as got, safe_open(tiny_dir / "model.safetensors", "pt") as src:
+        up = got.get_tensor("model.layers.1.mlp.up_proj.weight")
+        src_up = src.get_tensor("model.layers.1.mlp.up_proj.weight").to(torch.bfloat16)
+    assert up.dtype == torch.bfloat16 and up.shape[0] < 128  # MLP channels were removed
+    assert torch.equal(up, src_up[record["layers"][1]["mlp_keep"]])
+
+
+def test_statistics_accumulate_in_fp32_from_a_bf16_model():
+    from slimdeploy.load.tiny import build_tiny_model
+    from slimdeploy.score.stats import layerwise_input_stats
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    batches = torch.randint(1, 8192, (2, 16), generator=torch.Generator().manual_seed(0))
+    stats = layerwise_input_stats(model, batches)
+    inp = stats[0].inputs["down"]
+    assert inp.sumsq.dtype == torch.float64 and inp.norm.dtype == torch.float32
+    assert next(model.parameters()).dtype == torch.bfloat16  # the model itself was not upcast
+
+
+def test_a_missing_half_kernel_becomes_one_line():
+    exc = RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+    assert missing_kernel(exc) == (
+        "torch has no fp16 kernel for addmm_impl_cpu_ on this device; use --dtype fp32 (or bf16 on CPU)"
+    )
+    assert missing_kernel(RuntimeError("shape mismatch")) is None

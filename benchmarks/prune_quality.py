@@ -70,7 +70,18 @@ def main() -> int:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    write_rows(args.out, proto, rows)
+    write_rows(
+        args.out,
+        proto,
+        rows,
+        model="stories260K",
+        calibration="32 x 256 tokens, first half of tinystories-valid-dev.txt, seed 0",
+        evaluation=f"{len(evals):,} tokens of the second half, context 512, stride 256",
+        dense_ppl=round(dense, 3),
+        round_to=4,
+        structures=["mlp", "head", "kv"],
+        note="global rows of l1/l2/wanda/flap use per-layer standardized scores",
+    )
     return 0
 
 

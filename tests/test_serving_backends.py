@@ -101,10 +101,12 @@ def test_onnx_backends_end_to_end_and_gate(backend, pair, tmp_path, capsys):
     pytest.importorskip("onnxruntime_genai" if backend == "ort-genai" else "onnxruntime")
     out = tmp_path / "b"
     args = ["bench", "run", str(pair[1]), "--baseline", str(pair[0]), "--backend", backend, *SMALL, "--out", str(out)]
-    code, _, err = run_cli([*args, "--max-slowdown", "90%"], capsys)  # live gate, loose: exercised, not timed
-    assert code == 0, err
-    report = json.loads((out / "bench.json").read_text())
-    assert report["backend"] == backend and not report.get("partial") and report["gate"]["pass"]
+    code, _, err = run_cli([*args, "--max-slowdown", "90%"], capsys)  # the live gate is exercised, not timed:
+    report = json.loads((out / "bench.json").read_text())  # a busy CI machine may fail it, so check consistency
+    gate = report["gate"]
+    assert report["backend"] == backend and not report.get("partial") and gate["max_slowdown"] == 0.9
+    assert code == (0 if gate["pass"] else 1), err
+    assert gate["pass"] == (not gate["problems"])
     assert (out / "bench.png").exists()
     for m in report["models"].values():
         assert m["load_s"] > 0 and m["peak_rss_bytes"] > 0 and set(m["concurrency"]) == {"1", "2"}

@@ -1,5 +1,7 @@
 """run(): a recipe's stages top to bottom, resumable, ending in one output directory renamed into place.
 
+The loop only calls the registered stage functions (pipeline/stages.py) with the typed PipelineState.
+
 Work happens in `.<out>.partial/` beside the output. After every stage the current model (and, between
 recover and merge, the adapter) and `state.json` are saved there, so re-running the same command continues
 after the last finished stage. The output directory appears only when everything succeeded.
@@ -115,8 +117,8 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         loaded = load_model(model_spec, "fp32", trust_remote_code)
         state = PipelineState(loaded.model, loaded.tokenizer, loaded.source, record=record_for(loaded))
         before = greedy_answers(state.model, state.tokenizer)  # shown beside the compressed ones
-        record = {"kind": "load", "source": state.source, "samples": before}
-        state.stages.append({**record, **param_stats(state.model)})
+        load_entry = {"kind": "load", "source": state.source, "samples": before}
+        state.stages.append({**load_entry, **param_stats(state.model)})
         start = 0
     kd = [s for s in recipe.stages[start:] if isinstance(s, RecoverStage) and s.kd_weight > 0]
     if kd:  # the unpruned model, in the dtype and on the device the first distilling stage asks for

@@ -84,3 +84,37 @@ def test_a_missing_half_kernel_becomes_one_line():
         "torch has no fp16 kernel for addmm_impl_cpu_ on this device; use --dtype fp32 (or bf16 on CPU)"
     )
     assert missing_kernel(RuntimeError("shape mismatch")) is None
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_compress_refuses_cuda_without_a_gpu_before_any_work(tmp_path, capsys):
+    for extra in (["--dry-run"], []):
+        out = tmp_path / "o"
+        code, _, err = run_cli(["compress", "--device", "cuda", "--out", str(out), *extra], capsys)
+        assert code == 1 and "no CUDA device" in err and err.count("\n") == 1, err
+        assert not out.exists() and not (tmp_path / ".o.partial").exists()
+
+
+def test_recipe_device_is_typed(tmp_path):
+    from pydantic import ValidationError
+
+    from slimdeploy.recipe.schema import Recipe
+
+    with pytest.raises(ValidationError, match="device"):
+        Recipe(name="x", device="tpu", stages=[{"kind": "eval"}])
+    assert Recipe(name="x", stages=[{"kind": "eval"}]).device == "cpu"
+
+
+def test_compress_on_device_cpu_runs_the_stages_there(tiny_dir, text_file, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\ndevice: auto\nstages:\n"
+        "  - {kind: prune, ratio: 0.05, criterion: l2, round_to: 8}\n"
+        f"  - {{kind: recover, steps: 2, batch_size: 2, seq_len: 32, kd_weight: 0.5, data: {text_file}}}\n"
+        "  - {kind: merge}\n"
+        f"  - {{kind: eval, data: {text_file}, max_tokens: 200, context_length: 64}}\n"
+    )
+    out = tmp_path / "out"
+    code, _, err = run_cli(["compress", "--recipe", str(recipe), "--model", str(tiny_dir), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "device: auto" in (out / "recipe.yaml").read_text()

@@ -218,6 +218,9 @@ def compress_cmd(
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Validate the recipe and print it; load nothing.")] = False,
     trust_remote_code: TrustOpt = False,
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="auto | cpu | cuda[:N] (overrides the recipe's device)")
+    ] = None,
 ) -> None:
     """Run a recipe end to end: prune, recover, merge, eval (export and bench as they land)."""
     from slimdeploy.recipe.loader import dump_recipe, load_recipe, stage_kinds
@@ -237,6 +240,8 @@ def compress_cmd(
                 f"{n_params / 1e6:.0f}M-parameter model (raise them with --set, e.g. recover.steps=...)"
             )
     out = out or Path("runs") / rec.name
+    if device is not None:
+        rec = rec.model_copy(update={"device": device})  # checked by the preflight, like the recipe's own
     if dry_run:  # the checks run() starts with: model, data, output, exports; nothing loads
         from slimdeploy.pipeline.preflight import preflight
 

@@ -16,6 +16,7 @@ from slimdeploy.errors import SlimdeployError
 def merge(peft_model, probe: torch.Tensor, atol: float = 1e-4) -> tuple[object, dict]:
     """Merge and unload; returns (dense model, parity report). Raises on mismatch or non-finite weights."""
     peft_model.eval()
+    probe = probe.to(next(peft_model.parameters()).device)
     before = peft_model(input_ids=probe, use_cache=False).logits.float()
     model = peft_model.merge_and_unload()
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]

@@ -91,7 +91,9 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) ->
     """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts."""
     from slimdeploy.export.feasibility import check_exportable
     from slimdeploy.load.model import has_tokenizer_files, resolve_source
+    from slimdeploy.utils.device import resolve_device
 
+    resolve_device(recipe.device)  # cuda on a machine without one: refused before anything else
     out = check_output(out, force, [model_spec, *data_inputs(recipe)])
     kind, config = model_config(model_spec)
     for stage in recipe.stages:

@@ -28,6 +28,7 @@ from slimdeploy.pipeline.state import PipelineState, StageContext
 from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, record_for
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe, RecoverStage
+from slimdeploy.utils.device import resolve_device
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -55,14 +56,14 @@ def _save_state(work: Path, state: PipelineState, done: int, rhash: str) -> None
     (work / "state.json.tmp").replace(work / "state.json")
 
 
-def _resume(work: Path, rhash: str, trust: bool) -> tuple[PipelineState, int] | None:
+def _resume(work: Path, rhash: str, trust: bool, device: str) -> tuple[PipelineState, int] | None:
     meta_path = work / "state.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
     if meta["recipe_hash"] != rhash:
         raise SlimdeployError(f"{work} holds an interrupted run of a different recipe/model; delete it or pass --force")
-    loaded = load_model(str(work / "model"), "fp32", trust)
+    loaded = load_model(str(work / "model"), "fp32", trust, device=device)
     state = PipelineState(
         loaded.model,
         loaded.tokenizer,
@@ -109,12 +110,13 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     work.mkdir(parents=True, exist_ok=True)
     sweep_work(work)
     torch.manual_seed(recipe.seed)
-    resumed = _resume(work, rhash, trust_remote_code)
+    device = resolve_device(recipe.device)
+    resumed = _resume(work, rhash, trust_remote_code, device)
     if resumed:
         state, start = resumed
         log(f"resuming after stage {start} of {len(recipe.stages)} from {work}")
     else:
-        loaded = load_model(model_spec, "fp32", trust_remote_code)
+        loaded = load_model(model_spec, "fp32", trust_remote_code, device=device)
         state = PipelineState(loaded.model, loaded.tokenizer, loaded.source, record=record_for(loaded))
         before = greedy_answers(state.model, state.tokenizer)  # shown beside the compressed ones
         load_entry = {"kind": "load", "source": state.source, "samples": before}
@@ -122,14 +124,15 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         start = 0
     kd = [s for s in recipe.stages[start:] if isinstance(s, RecoverStage) and s.kd_weight > 0]
     if kd:  # the unpruned model, in the dtype and on the device the first distilling stage asks for
-        state.teacher = load_teacher(model_spec, kd[0].teacher_dtype, kd[0].teacher_device, trust_remote_code)
+        where = device if kd[0].teacher_device == "same" else kd[0].teacher_device
+        state.teacher = load_teacher(model_spec, kd[0].teacher_dtype, where, trust_remote_code)
     n = len(recipe.stages)
     for i, cfg in enumerate(recipe.stages[start:], start=start):
         t0 = time.perf_counter()
         bar = progress_factory(f"[{i + 1}/{n}] {cfg.kind}") if progress_factory else None
         try:
             with bar if bar else nullcontext() as update:
-                ctx = StageContext(recipe, model_spec, work, trust_remote_code, update)
+                ctx = StageContext(recipe, model_spec, work, trust_remote_code, update, device)
                 result = stage_function(cfg)(state, cfg, ctx)
         except KeyboardInterrupt:
             raise Interrupted(
@@ -162,11 +165,9 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
 
 
 def load_teacher(model_spec: str | None, dtype: str, device: str, trust_remote_code: bool):
-    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False).model
-    if device != "same":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise SlimdeployError(f"recover.teacher_device {device}: no CUDA device here; use same or cpu")
-        teacher.to(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SlimdeployError(f"recover.teacher_device {device}: no CUDA device here; use same or cpu")
+    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False, device=device).model
     return teacher.eval().requires_grad_(False)
 
 

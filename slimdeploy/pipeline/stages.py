@@ -65,7 +65,7 @@ def merge_stage(state: PipelineState, cfg: MergeStage, ctx: StageContext) -> Sta
     zeroed (checked the same way: removing a zero group changes nothing)."""
     from slimdeploy.merge.api import merge
 
-    probe = torch.arange(1, 65).remainder(state.model.config.vocab_size - 1)[None] + 1
+    probe = (torch.arange(1, 65).remainder(state.model.config.vocab_size - 1)[None] + 1).to(ctx.device)
     state.model, report = merge(state.adapter, probe, atol=cfg.atol)
     state.adapter = None
     report["sliced_to_params"] = None
@@ -151,7 +151,7 @@ def bench_stage(state: PipelineState, cfg: BenchStage, ctx: StageContext) -> Sta
         dtype=cfg.dtype,
     )
     if cfg.backend == "torch":
-        baseline = load_model(ctx.model_spec, "fp32", with_tokenizer=False).model
+        baseline = load_model(ctx.model_spec, "fp32", with_tokenizer=False, device=ctx.device).model
         report = bench_torch({"baseline": baseline, "candidate": copy.deepcopy(state.model)}, bcfg, ctx.progress)
     else:
         report = _bench_in_workers(state, cfg.backend, bcfg, ctx)

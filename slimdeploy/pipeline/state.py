@@ -48,6 +48,7 @@ class StageContext:
     work: Path  # the run's .partial folder: stages write their products here
     trust_remote_code: bool = False
     progress: Callable[..., Any] | None = None
+    device: str = "cpu"  # where the run's models live (resolved: cpu, cuda, cuda:N)
 
 
 @dataclass

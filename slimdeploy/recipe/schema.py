@@ -91,6 +91,9 @@ class Recipe(BaseModel):
     model: str | None = Field(None, description="default model; --model overrides; None: the embedded demo")
     eval_data: str | None = Field(None, description="default data of eval stages")
     seed: int = 0
+    device: str = Field(
+        "cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where every stage runs: auto | cpu | cuda[:N]"
+    )
     stages: list[Stage] = Field(min_length=1)
     real_model: dict[str, Any] | None = Field(
         None, description="KIND.KEY: value budgets applied when the model has more than real_model_min_params"

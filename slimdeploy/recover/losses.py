@@ -97,6 +97,7 @@ def decoder_and_head(model):
 
 
 def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True) -> torch.Tensor:
+    x = x.to(next(model.parameters()).device)  # batches are built on the CPU; the model may sit elsewhere
     use_kd = teacher is not None and cfg.kd_weight > 0
     parts = decoder_and_head(model) if chunked else None
     t_parts = decoder_and_head(teacher) if use_kd and parts else None

@@ -27,6 +27,7 @@ def torch_generate_timed(model, prompts, output_len: int) -> tuple[list[list[flo
 def _generate_timed(model, prompts, output_len: int) -> tuple[list[list[float]], float]:
     from transformers import DynamicCache
 
+    prompts = prompts.to(next(model.parameters()).device)
     cache = DynamicCache()
     start = time.perf_counter()
     out = model(input_ids=prompts, past_key_values=cache, use_cache=True)

@@ -13,19 +13,12 @@ the preflight read the formats and their dtypes from here.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from slimdeploy.errors import SlimdeployError
-
-
-def _resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
-    if callable(ref):
-        return ref
-    module, _, attr = ref.partition(":")
-    return getattr(importlib.import_module(module), attr)
+from slimdeploy.utils.lazy import resolve_ref
 
 
 @dataclass(frozen=True)
@@ -38,10 +31,10 @@ class Exporter:
     runtime_builds: bool = False  # the runtime is needed to build the format, not only to verify it
 
     def export(self, model_dir, out, *, dtype: str, tp_size: int, verify: bool, force: bool) -> dict:
-        return _resolve(self.export_impl)(model_dir, out, dtype=dtype, tp_size=tp_size, verify=verify, force=force)
+        return resolve_ref(self.export_impl)(model_dir, out, dtype=dtype, tp_size=tp_size, verify=verify, force=force)
 
     def check(self, config: dict, dtype: str, verify: bool, per_layer: bool) -> None:
-        _resolve(self.check_impl)(config, dtype, verify, per_layer)
+        resolve_ref(self.check_impl)(config, dtype, verify, per_layer)
 
 
 _REGISTRY: dict[str, Exporter] = {}

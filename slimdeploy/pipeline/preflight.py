@@ -78,13 +78,10 @@ def check_data(stage, recipe: Recipe) -> None:
         for source in sources:
             if source is not None:
                 recovery_docs(source, stage.prompt_template)
-        if stage.kd_weight > 0 and stage.teacher_device.startswith("cuda"):
-            import torch
+        if stage.kd_weight > 0 and stage.teacher_device != "same":
+            from slimdeploy.utils.device import resolve_device
 
-            if not torch.cuda.is_available():
-                raise SlimdeployError(
-                    f"recover.teacher_device {stage.teacher_device}: no CUDA device here; use same or cpu"
-                )
+            resolve_device(stage.teacher_device, "recover.teacher_device")
 
 
 def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:

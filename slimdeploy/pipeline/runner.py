@@ -165,8 +165,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
 
 
 def load_teacher(model_spec: str | None, dtype: str, device: str, trust_remote_code: bool):
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SlimdeployError(f"recover.teacher_device {device}: no CUDA device here; use same or cpu")
+    resolve_device(device, "recover.teacher_device")  # before the teacher's weights are read
     teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False, device=device).model
     return teacher.eval().requires_grad_(False)
 

@@ -10,12 +10,12 @@ registers itself with the decorator:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.utils.lazy import resolve_ref
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,7 @@ class Criterion:
     impl: str | Callable[..., Any] = ""  # "module:function" (lazy) or the function itself
 
     def function(self) -> Callable[..., Any]:
-        if callable(self.impl):
-            return self.impl
-        module, _, attr = self.impl.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return resolve_ref(self.impl)
 
 
 _REGISTRY: dict[str, Criterion] = {}

@@ -14,8 +14,9 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = "auto (CUDA when available) | cpu | cuda | cuda:N"
 
 
-def resolve_device(spec: str | None) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda[:N]' only when that GPU exists."""
+def resolve_device(spec: str | None, what: str = "--device") -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda[:N]' only when that GPU exists. `what` names
+    the setting in the error (a flag, or a recipe key such as recover.teacher_device)."""
     import torch
 
     spec = (spec or "auto").strip().lower()
@@ -27,10 +28,10 @@ def resolve_device(spec: str | None) -> str:
     if not m:
         raise SlimdeployError(f"unknown device {spec!r}: use {DEVICE_HELP}")
     if not torch.cuda.is_available():
-        raise SlimdeployError(f"--device {spec}: this machine has no CUDA device (torch {torch.__version__}); use cpu")
+        raise SlimdeployError(f"{what} {spec}: no CUDA device here (torch {torch.__version__}); use cpu")
     index = int(m.group(1) or 0)
     if index >= torch.cuda.device_count():
-        raise SlimdeployError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
+        raise SlimdeployError(f"{what} {spec}: only {torch.cuda.device_count()} CUDA device(s) here")
     return spec
 
 

@@ -159,7 +159,9 @@ def prune_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written whole or not at all).")],
     model: ModelOpt = None,
     ratio: Annotated[float, typer.Option(help="Fraction of all parameters to remove, in (0, 1).")] = 0.2,
-    criterion: Annotated[str, typer.Option(help="random|l1|l2|wanda|flap|taylor|loraprune|surgeon")] = "surgeon",
+    criterion: Annotated[
+        str, typer.Option(help="random|l1|l2|wanda|flap|taylor|loraprune|surgeon|surgeon_layerwise")
+    ] = "surgeon",
     allocation: Annotated[str, typer.Option(help="uniform (same widths everywhere) | global (per layer)")] = "uniform",
     structures: Annotated[str, typer.Option(help="Comma list of mlp,head,kv,layer.")] = "mlp,head",
     round_to: Annotated[int, typer.Option(help="Kept MLP widths are multiples of this.")] = 64,
@@ -173,6 +175,13 @@ def prune_cmd(
     trust_remote_code: TrustOpt = False,
     device: DeviceOpt = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16 | auto: the weights stay in it")] = "fp32",
+    sequential: Annotated[
+        bool,
+        typer.Option(
+            help="One decoder layer in memory at a time (models larger than memory; a local safetensors folder; "
+            "criteria without a whole-model backward: surgeon_layerwise, wanda, flap, l1, l2, random)."
+        ),
+    ] = False,
 ) -> None:
     """Structured pruning (heads, KV groups, MLP channels, layers) to a smaller dense model."""
     from slimdeploy.prune.api import PruneConfig
@@ -197,7 +206,7 @@ def prune_cmd(
         "prune",
     )
     with progress_bar(f"pruning ({criterion})") as update:
-        report = prune_to_dir(model, config, out, force, trust_remote_code, update, device, dtype)
+        report = prune_to_dir(model, config, out, force, trust_remote_code, update, device, dtype, sequential)
     emit(
         report,
         lambda r: print(

@@ -219,6 +219,14 @@ def has_tokenizer_files(path: Path) -> bool:
     return any((Path(path) / f).exists() for f in TOKENIZER_FILES)
 
 
+def load_tokenizer(location: str, trust_remote_code: bool = False):
+    """The tokenizer of a local model folder alone (None when it has none): for stages that read weights
+    themselves (sequential pruning)."""
+    from transformers import AutoTokenizer
+
+    return _tokenizer(AutoTokenizer, location, {"trust_remote_code": trust_remote_code, "local_files_only": True})
+
+
 def _tokenizer(auto_tok, location: str, kwargs: dict):
     """The folder's tokenizer, or None when it has no tokenizer files (shape-only, weights-only checkpoints)."""
     path = Path(location)

@@ -11,11 +11,13 @@ from slimdeploy.analyze.groups import layer_params
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.prune.apply import apply_plan, current_widths
 from slimdeploy.prune.config import PruneConfig, Structure  # noqa: F401  (re-exported)
-from slimdeploy.prune.plan import Budget, PrunePlan, make_plan, standardize_per_layer
+from slimdeploy.prune.plan import Budget, LayerPlan, PrunePlan, make_plan, standardize_per_layer
 from slimdeploy.prune.record import PruneRecord
 from slimdeploy.score import surgeon
 from slimdeploy.score.api import score
 from slimdeploy.score.registry import get_criterion
+
+CURVATURE = ("surgeon", "surgeon_layerwise")  # criteria that gather the covariances the OBS update needs
 
 
 def make_budget(model) -> Budget:
@@ -39,31 +41,51 @@ def _complement(n: int, keep: torch.Tensor | None) -> torch.Tensor:
 
 def obs_update(model, plan: PrunePlan, stats, mode: str) -> None:
     """Before slicing, let the remaining weights absorb the removed groups (The LLM Surgeon's update)."""
-    layers = decoder_layers(model)
-    for li, lp in enumerate(plan.layers):
-        if lp is None:
-            continue
-        lay, lin, st = layer_layout(layers[li]), linears(layers[li]), stats[li]
-        hd = lay.head_dim
-        removed_mlp = _complement(lay.intermediate, lp.mlp_keep)
-        removed_heads = _complement(lay.heads, lp.heads_keep)
-        removed_q = (removed_heads[:, None] * hd + torch.arange(hd)).flatten()
-        with torch.no_grad():
-            for name, removed in (("down", removed_mlp), ("o", removed_q)):
-                A_inv = surgeon.damped_inverse(st.inputs[name].A)
-                lin[name].weight.copy_(surgeon.remove_columns_update(lin[name].weight, A_inv, removed))
-            if mode == "both" and st.out_grads:
-                removed_kv = _complement(lay.kv_heads, lp.kv_keep)
-                removed_kvrows = (removed_kv[:, None] * hd + torch.arange(hd)).flatten()
-                for name, removed in (
-                    ("gate", removed_mlp),
-                    ("up", removed_mlp),
-                    ("q", removed_q),
-                    ("k", removed_kvrows),
-                    ("v", removed_kvrows),
-                ):
-                    G_inv = surgeon.damped_inverse(st.out_grads[name].A)
-                    lin[name].weight.copy_(surgeon.remove_rows_update(lin[name].weight, G_inv, removed))
+    for li, (layer, lp) in enumerate(zip(decoder_layers(model), plan.layers)):
+        if lp is not None:
+            obs_update_layer(layer, lp, stats[li], mode)
+
+
+def obs_update_layer(layer, lp: LayerPlan, st, mode: str) -> None:
+    """One layer's update: consumer columns (o, down) from A; with `both`, producer rows from G too."""
+    lay, lin = layer_layout(layer), linears(layer)
+    hd = lay.head_dim
+    removed_mlp = _complement(lay.intermediate, lp.mlp_keep)
+    removed_heads = _complement(lay.heads, lp.heads_keep)
+    removed_q = (removed_heads[:, None] * hd + torch.arange(hd)).flatten()
+    with torch.no_grad():
+        for name, removed in (("down", removed_mlp), ("o", removed_q)):
+            A_inv = surgeon.damped_inverse(st.inputs[name].A.to(lin[name].weight.device))
+            lin[name].weight.copy_(surgeon.remove_columns_update(lin[name].weight, A_inv, removed.to(A_inv.device)))
+        if mode == "both" and st.out_grads:
+            removed_kv = _complement(lay.kv_heads, lp.kv_keep)
+            removed_kvrows = (removed_kv[:, None] * hd + torch.arange(hd)).flatten()
+            for name, removed in (
+                ("gate", removed_mlp),
+                ("up", removed_mlp),
+                ("q", removed_q),
+                ("k", removed_kvrows),
+                ("v", removed_kvrows),
+            ):
+                G_inv = surgeon.damped_inverse(st.out_grads[name].A)
+                lin[name].weight.copy_(surgeon.remove_rows_update(lin[name].weight, G_inv, removed))
+
+
+def resolve_update(config: PruneConfig) -> str:
+    """The OBS update mode `config` asks for, refused where the criterion has no curvature for it."""
+    curvature = config.criterion in CURVATURE
+    update = config.update if config.update != "auto" else ("cols" if curvature else "none")
+    if update != "none" and not curvature:
+        raise SlimdeployError("the OBS weight update needs curvature: use it with criterion surgeon")
+    if update == "both" and config.criterion == "surgeon_layerwise":
+        raise SlimdeployError(
+            "update both needs output-gradient curvature, which surgeon_layerwise does not gather; "
+            "use update cols, or criterion surgeon"
+        )
+    kinds = set(config.structures)
+    if update != "none" and kinds & {"mlp", "head", "kv"} and "layer" in kinds:
+        raise SlimdeployError("the Surgeon update cannot be combined with layer dropping in one shot")
+    return update
 
 
 def prune(
@@ -76,9 +98,7 @@ def prune(
     p0 = sum(p.numel() for p in model.parameters())
     record = record or PruneRecord.initial(model)
     kinds: set[str] = set(config.structures)
-    update = config.update if config.update != "auto" else ("cols" if config.criterion == "surgeon" else "none")
-    if update != "none" and config.criterion != "surgeon":
-        raise SlimdeployError("the OBS weight update needs curvature: use it with criterion surgeon")
+    update = resolve_update(config)
     shots = []
     for shot in range(1, config.shots + 1):
         goal = p0 * (1 - config.ratio * shot / config.shots)  # parameters left after this shot
@@ -86,8 +106,6 @@ def prune(
         ratio_now = 1 - goal / budget.total_params
         if ratio_now <= 0.001:
             continue
-        if config.criterion == "surgeon" and update != "none" and kinds & {"mlp", "head", "kv"} and "layer" in kinds:
-            raise SlimdeployError("the Surgeon update cannot be combined with layer dropping in one shot")
         scores = score(
             model, config.criterion, batches, seed=config.seed + shot, need_layers="layer" in kinds, progress=progress
         )

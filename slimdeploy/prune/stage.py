@@ -21,22 +21,26 @@ def needs_text(config: PruneConfig) -> bool:
     return get_criterion(config.criterion).needs_data or "layer" in config.structures
 
 
+def _calibration(tokenizer, config: PruneConfig, model_config, source: str, device) -> tuple:
+    """(calibration batches on `device`, data fingerprint), or (None, None) for data-free criteria."""
+    if not needs_text(config):
+        return None, None
+    require_tokenizer(tokenizer, f"{config.criterion} criterion's calibration", source)
+    max_pos = getattr(model_config, "max_position_embeddings", None)
+    if max_pos and config.seq_len > max_pos:
+        raise SlimdeployError(
+            f"seq_len {config.seq_len} exceeds the model's context of {max_pos} tokens; lower seq_len"
+        )
+    batches, data_fp = calibration_data(tokenizer, config.data, config.n_samples, config.seq_len, config.seed)
+    return batches.to(device), data_fp
+
+
 def prune_loaded(
     loaded, config: PruneConfig, progress=None, record: PruneRecord | None = None
 ) -> tuple[dict, PruneRecord]:
     """Calibrate and prune `loaded.model` in place; returns (report, record of what it now keeps)."""
-    batches, data_fp = None, None
-    if needs_text(config):
-        require_tokenizer(loaded.tokenizer, f"{config.criterion} criterion's calibration", loaded.source)
-        max_pos = getattr(loaded.model.config, "max_position_embeddings", None)
-        if max_pos and config.seq_len > max_pos:
-            raise SlimdeployError(
-                f"seq_len {config.seq_len} exceeds the model's context of {max_pos} tokens; lower seq_len"
-            )
-        batches, data_fp = calibration_data(
-            loaded.tokenizer, config.data, config.n_samples, config.seq_len, config.seed
-        )
-        batches = batches.to(next(loaded.model.parameters()).device)  # the model's device, whichever it is
+    device = next(loaded.model.parameters()).device  # the model's device, whichever it is
+    batches, data_fp = _calibration(loaded.tokenizer, config, loaded.model.config, loaded.source, device)
     report, record = prune(loaded.model, config, batches, progress=progress, record=record)
     report["calibration"] = data_fp
     report["config"] = config.model_dump()
@@ -53,16 +57,26 @@ def prune_to_dir(
     progress=None,
     device: str = "cpu",
     dtype: str = "fp32",
+    sequential: bool = False,
 ) -> dict:
     """Load, calibrate, prune and save to `out` (whole or not at all). The weights stay in `dtype` (a bf16
-    model is pruned in bf16; statistics and curvature accumulate in fp32/fp64) on `device`."""
+    model is pruned in bf16; statistics and curvature accumulate in fp32/fp64) on `device`. `sequential`:
+    one decoder layer in memory at a time, read from the folder's safetensors (prune/sequential.py)."""
     from slimdeploy.utils.device import check_dtype, resolve_device
 
     device = resolve_device(device)
     check_dtype(dtype)
     inputs = [model_spec, config.data]
     check_output(out, force, inputs)  # before any weight loads
+    if sequential:
+        from slimdeploy.prune.sequential import check_sequential
+
+        check_sequential(config)
     with output_lock(out):  # a second run on the same --out fails now, not after the pruning
+        if sequential:
+            return _prune_sequential_locked(
+                model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype
+            )
         return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype)
 
 
@@ -79,5 +93,49 @@ def _prune_locked(
     report["device"], report["dtype"] = device, str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     with atomic_dir(out, force, inputs, what="prune") as tmp:
         save_model(loaded.model, loaded.tokenizer, tmp, record)
+        (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _prune_sequential_locked(
+    model_spec, config: PruneConfig, out: Path, inputs, force, trust_remote_code, progress, device, dtype
+) -> dict:
+    from transformers import AutoConfig
+
+    from slimdeploy.load.model import check_config, load_tokenizer, resolve_source, torch_dtype
+    from slimdeploy.prune.sequential import prune_sequential
+
+    kind, location = resolve_source(model_spec)
+    if kind not in ("dir", "demo"):
+        raise SlimdeployError(
+            f"sequential pruning reads a local model folder's safetensors layer by layer, and {location} is a "
+            f"{kind} model; save it as a folder first (save_pretrained), or prune it without --sequential"
+        )
+    path = Path(location)
+    check_config(path)
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    work_dtype = torch_dtype(dtype)
+    if work_dtype == "auto":  # the checkpoint's own dtype (fp32 when it names none)
+        work_dtype = getattr(model_config, "dtype", None) or torch_dtype("fp32")
+        work_dtype = torch_dtype(
+            {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(
+                str(work_dtype).removeprefix("torch."), "fp32"
+            )
+        )
+    tokenizer = load_tokenizer(location, trust_remote_code) if needs_text(config) else None
+    batches, data_fp = _calibration(tokenizer, config, model_config, location, device)
+    with atomic_dir(out, force, inputs, what="prune") as tmp:
+        report, _ = prune_sequential(
+            path,
+            config,
+            batches,
+            tmp,
+            device=device,
+            dtype=work_dtype,
+            trust_remote_code=trust_remote_code,
+            progress=progress,
+        )
+        report |= {"calibration": data_fp, "config": config.model_dump(), "model": location, "device": device}
+        report["dtype"] = str(work_dtype).removeprefix("torch.")
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))
     return report

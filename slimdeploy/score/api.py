@@ -45,7 +45,8 @@ def _sum(parts: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
+def _surgeon_layer(lay, lin: dict, st, layerwise: bool = False) -> dict[str, torch.Tensor]:
+    """OBS group costs of one layer; `layerwise`: output-gradient factor G = identity (no backward pass)."""
     inv_cache: dict = {}
 
     def inv(key, M):
@@ -58,11 +59,12 @@ def _surgeon_layer(lay, lin: dict, st) -> dict[str, torch.Tensor]:
         parts = []
         for mem in members(kind, lay):
             W = lin[mem.linear].weight.detach()
-            A, G = st.inputs[mem.linear].A, st.out_grads[mem.linear].A
+            A = st.inputs[mem.linear].A
+            G = None if layerwise else st.out_grads[mem.linear].A
             if mem.axis == COLS:
                 s = surgeon.column_costs(W, inv(("A", mem.linear), A), G, mem.blocks)
             else:
-                s = surgeon.row_costs(W, A, inv(("G", mem.linear), G), mem.blocks)
+                s = surgeon.row_costs(W, A, None if G is None else inv(("G", mem.linear), G), mem.blocks)
             parts.append(s)
         out[kind] = _sum(parts)
     return out
@@ -114,9 +116,9 @@ def l2_criterion(inp: ScoreInputs) -> list[dict]:
     return _magnitude(inp, 2)
 
 
-def _input_stats(inp: ScoreInputs) -> list:
-    if inp.stats is None:
-        inp.stats = layerwise_input_stats(inp.model, _calibration(inp), progress=inp.progress)
+def _input_stats(inp: ScoreInputs, with_cov: bool = False) -> list:
+    if inp.stats is None or (with_cov and any(st.inputs["o"].cov is None for st in inp.stats)):
+        inp.stats = layerwise_input_stats(inp.model, _calibration(inp), with_cov=with_cov, progress=inp.progress)
     return inp.stats
 
 
@@ -166,6 +168,13 @@ def loraprune_criterion(inp: ScoreInputs) -> list[dict]:
 def surgeon_criterion(inp: ScoreInputs) -> list[dict]:
     inp.stats = gradient_stats(inp.model, _calibration(inp), kfac=True, progress=inp.progress)  # kept for the update
     return [_surgeon_layer(lay, inp.lins[li], inp.stats[li]) for li, lay in enumerate(inp.layouts)]
+
+
+def surgeon_layerwise_criterion(inp: ScoreInputs) -> list[dict]:
+    """The Surgeon's structured OBS costs with the layer-wise curvature (G = I, A from each layer's own
+    inputs): only a layer's inputs are needed, so it runs layer by layer (sequential pruning)."""
+    stats = _input_stats(inp, with_cov=True)  # kept for the update (cols)
+    return [_surgeon_layer(lay, inp.lins[li], stats[li], layerwise=True) for li, lay in enumerate(inp.layouts)]
 
 
 def score(

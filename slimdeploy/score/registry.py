@@ -74,3 +74,6 @@ register_criterion("flap", needs_data=True, standardize_global=True, impl=f"{_AP
 register_criterion("taylor", needs_data=True, needs_grad=True, impl=f"{_API}:taylor_criterion")
 register_criterion("loraprune", needs_data=True, needs_grad=True, impl=f"{_API}:loraprune_criterion")
 register_criterion("surgeon", needs_data=True, needs_grad=True, impl=f"{_API}:surgeon_criterion")
+register_criterion(
+    "surgeon_layerwise", needs_data=True, standardize_global=True, impl=f"{_API}:surgeon_layerwise_criterion"
+)

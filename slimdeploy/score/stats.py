@@ -74,8 +74,9 @@ class _Stop(Exception):
     pass
 
 
-def _catch_layer0_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
-    """Run the model up to decoder layer 0 and keep its inputs and call kwargs (rotary, masks)."""
+def catch_layer0_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tensor], dict]:
+    """Run the model up to decoder layer 0 and keep its inputs and call kwargs (rotary, masks); the
+    decoder layers themselves never run, so they may still be on the meta device (sequential pruning)."""
     caught: list[torch.Tensor] = []
     kwargs_box: dict = {}
 
@@ -93,37 +94,48 @@ def _catch_layer0_inputs(model, batches: torch.Tensor) -> tuple[list[torch.Tenso
                 pass
     finally:
         handle.remove()
+    kwargs_box.pop("past_key_values", None)
+    kwargs_box.pop("past_key_value", None)
     return caught, kwargs_box
+
+
+@torch.no_grad()
+def layer_input_stats(layer, hidden: list[torch.Tensor], kwargs: dict, with_cov: bool = False) -> LayerStats:
+    """Run every sample's activations through `layer`, replacing `hidden[j]` by the layer's output, and
+    return the input statistics of its seven projections and its block influence."""
+    stats = LayerStats()
+    handles = []
+    for name, lin in linears(layer).items():
+        if name in SAME_INPUT:  # k/v read q's input, up reads gate's: the same numbers, gathered once
+            continue
+        stats.inputs[name] = InputStats()
+        handles.append(lin.register_forward_hook(lambda m, a, o, s=stats.inputs[name]: s.add(a[0], with_cov)))
+    for name, source in SAME_INPUT.items():
+        stats.inputs[name] = stats.inputs[source]
+    cos_sum, count = 0.0, 0
+    try:
+        for j, h in enumerate(hidden):
+            res = layer(h, **kwargs)
+            new = res[0] if isinstance(res, tuple) else res
+            cos = torch.nn.functional.cosine_similarity(h.float(), new.float(), dim=-1)
+            cos_sum += cos.sum().item()
+            count += cos.numel()
+            hidden[j] = new
+    finally:
+        for hd in handles:
+            hd.remove()
+    stats.block_influence = 1.0 - cos_sum / max(1, count)
+    return stats
 
 
 @torch.no_grad()
 def layerwise_input_stats(model, batches: torch.Tensor, with_cov: bool = False, progress=None) -> list[LayerStats]:
     """Per decoder layer: input statistics of its seven projections and its block influence."""
-    hidden, kwargs = _catch_layer0_inputs(model, batches)
-    kwargs.pop("past_key_values", None)
-    kwargs.pop("past_key_value", None)
+    hidden, kwargs = catch_layer0_inputs(model, batches)
     out: list[LayerStats] = []
     layers = decoder_layers(model)
     for li, layer in enumerate(layers):
-        stats = LayerStats()
-        handles = []
-        for name, lin in linears(layer).items():
-            stats.inputs[name] = InputStats()
-            handles.append(lin.register_forward_hook(lambda m, a, o, s=stats.inputs[name]: s.add(a[0], with_cov)))
-        cos_sum, count = 0.0, 0
-        try:
-            for j, h in enumerate(hidden):
-                res = layer(h, **kwargs)
-                new = res[0] if isinstance(res, tuple) else res
-                cos = torch.nn.functional.cosine_similarity(h.float(), new.float(), dim=-1)
-                cos_sum += cos.sum().item()
-                count += cos.numel()
-                hidden[j] = new
-        finally:
-            for hd in handles:
-                hd.remove()
-        stats.block_influence = 1.0 - cos_sum / max(1, count)
-        out.append(stats)
+        out.append(layer_input_stats(layer, hidden, kwargs, with_cov))
         if progress:
             progress(li + 1, len(layers))
     return out

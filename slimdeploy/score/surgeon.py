@@ -35,20 +35,22 @@ def _sub_inverses(inv: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(sub)
 
 
-def column_costs(W: torch.Tensor, A_inv: torch.Tensor, G: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """OBS cost of removing each block of columns of W on its own: (n_blocks,)."""
+def column_costs(W: torch.Tensor, A_inv: torch.Tensor, G: torch.Tensor | None, blocks: torch.Tensor) -> torch.Tensor:
+    """OBS cost of removing each block of columns of W on its own: (n_blocks,). G None: the identity (the
+    layer-wise reconstruction loss ||W X - W' X||^2 of SparseGPT/ZipLM, no gradients needed)."""
     W = W.double()
     M = _sub_inverses(A_inv, blocks)  # (n, b, b)
     WC = W[:, blocks].permute(1, 0, 2)  # (n, d_out, b)
-    return 0.5 * ((G.double() @ WC) * (WC @ M)).sum((1, 2))
+    GWC = WC if G is None else G.double() @ WC
+    return 0.5 * (GWC * (WC @ M)).sum((1, 2))
 
 
-def row_costs(W: torch.Tensor, A: torch.Tensor, G_inv: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """OBS cost of removing each block of rows of W on its own: (n_blocks,)."""
+def row_costs(W: torch.Tensor, A: torch.Tensor, G_inv: torch.Tensor | None, blocks: torch.Tensor) -> torch.Tensor:
+    """OBS cost of removing each block of rows of W on its own: (n_blocks,). G_inv None: the identity."""
     W = W.double()
-    M = _sub_inverses(G_inv, blocks)  # (n, b, b)
     WR = W[blocks]  # (n, b, d_in)
-    return 0.5 * ((M @ WR) * (WR @ A.double())).sum((1, 2))
+    MWR = WR if G_inv is None else _sub_inverses(G_inv, blocks) @ WR  # [I]_BB^-1 = I
+    return 0.5 * (MWR * (WR @ A.double())).sum((1, 2))
 
 
 def remove_columns_update(W: torch.Tensor, A_inv: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:

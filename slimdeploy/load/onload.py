@@ -1,0 +1,130 @@
+"""Sequential onloading: a model whose decoder layers stay on the `meta` device until each is needed.
+
+`skeleton()` builds the model on `meta` and reads only what is not a decoder layer (embeddings, final norm,
+LM head, rotary buffers); `onload_layer` reads one layer's tensors from the memory-mapped safetensors onto the
+compute device and `offload_layer` returns it to `meta` (shapes kept, memory freed). Peak memory is then
+the skeleton plus one layer, whatever the depth (llm-compressor's and SparseGPT's sequential scheme).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from slimdeploy.errors import SlimdeployError
+
+
+class WeightIndex:
+    """Tensor name -> safetensors file, from `model.safetensors.index.json` or the shards' own headers.
+
+    Every shard the index names must exist (checked here, before any weight is read)."""
+
+    def __init__(self, model_dir: Path):
+        from safetensors import safe_open
+
+        self.dir = Path(model_dir)
+        index = self.dir / "model.safetensors.index.json"
+        self.files: dict[str, Path] = {}
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (OSError, ValueError, KeyError) as exc:
+                raise SlimdeployError(f"{index} is not a safetensors index ({exc}); re-export the model") from None
+            missing = sorted({f for f in weight_map.values() if not (self.dir / f).exists()})
+            if missing:
+                raise SlimdeployError(
+                    f"{index} names shards that are not in {self.dir}: {', '.join(missing[:3])}"
+                    f"{' ...' if len(missing) > 3 else ''}; download the missing files or re-export the model"
+                )
+            self.files = {name: self.dir / f for name, f in weight_map.items()}
+        else:
+            shards = sorted(self.dir.glob("*.safetensors"))
+            if not shards:
+                raise SlimdeployError(f"{self.dir} has no *.safetensors weights; sequential pruning reads safetensors")
+            for shard in shards:
+                with safe_open(str(shard), framework="pt") as f:
+                    self.files.update({name: shard for name in f.keys()})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors (each file opened once, memory-mapped: only these tensors are read)."""
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            if name not in self.files:
+                raise SlimdeployError(f"{self.dir}: weight {name} is in no safetensors file; re-export the model")
+            by_file.setdefault(self.files[name], []).append(name)
+        for path, group in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                out.update({name: f.get_tensor(name) for name in group})
+        return out
+
+
+def layer_prefixes(model) -> list[str]:
+    """'model.layers.3.' for each decoder layer, as the state-dict names spell them."""
+    from slimdeploy.analyze.adapters import decoder_layers
+
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(layer)] + "." for layer in decoder_layers(model)]
+
+
+def skeleton(model_dir: Path, dtype: torch.dtype, device: str, trust_remote_code: bool = False):
+    """The model with its decoder layers on `meta` and everything else read from disk onto `device`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    index = WeightIndex(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    prefixes = tuple(layer_prefixes(model))
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    wanted = [
+        n
+        for n in model.state_dict()
+        if not n.startswith(prefixes) and not (tied and n == "lm_head.weight" and n not in index)
+    ]
+    state = {n: t.to(device=device, dtype=dtype) for n, t in index.read(wanted).items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.tie_weights()
+    # non-persistent buffers (rotary inv_freq) are computed at construction, so on meta they hold nothing:
+    # build their modules again on the device
+    for name, module in list(model.named_modules()):
+        if name.startswith(tuple(p.rstrip(".") for p in prefixes)):
+            continue
+        if any(b.is_meta for b in module.buffers(recurse=False)):
+            try:
+                with torch.device(device):
+                    rebuilt = type(module)(config=model.config)
+            except TypeError:
+                raise SlimdeployError(
+                    f"cannot rebuild buffer module {name} ({type(module).__name__}) off the meta device; "
+                    "prune this architecture in memory (without --sequential)"
+                ) from None
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, rebuilt)
+    left = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(prefixes)]
+    if left:
+        raise SlimdeployError(f"{model_dir}: weights {left[:3]} are missing from the safetensors; re-export the model")
+    return model.eval(), index
+
+
+def onload_layer(layer, prefix: str, index: WeightIndex, device: str, dtype: torch.dtype) -> None:
+    """Read one decoder layer's tensors onto `device` in `dtype` (it must be on meta, with its shapes)."""
+    names = [prefix + n for n in layer.state_dict()]
+    state = {n[len(prefix) :]: t.to(device=device, dtype=dtype) for n, t in index.read(names).items()}
+    layer.load_state_dict(state, strict=True, assign=True)
+    for name, buf in layer.named_buffers():
+        if buf.is_meta:
+            raise SlimdeployError(f"decoder layer buffer {prefix}{name} cannot be onloaded; prune without --sequential")
+
+
+def offload_layer(layer) -> None:
+    """Back to `meta`: the shapes stay (widths, parameter counts), the memory is freed."""
+    layer.to("meta")

@@ -1,0 +1,200 @@
+"""Sequential pruning for models larger than memory: one decoder layer on the device at a time.
+
+    pass 1 (score): for each layer: onload it, run the calibration activations through it (they become the
+        next layer's inputs), gather its input statistics, score its groups, keep only the scores; offload it.
+    plan: the in-memory path's own `make_plan` on all the scores (global allocation needs every layer's
+        scores before any slicing: scores are kept, not layers).
+    pass 2 (apply): for each layer: onload it, with the OBS update run the activations through it again to
+        rebuild its covariances, update, slice, write its tensors to its own shard; offload it.
+
+Peak memory: embeddings + LM head, one layer with its fp32 covariances, and the calibration activations in
+and out: independent of depth. Activations propagate through the dense layers, as the in-memory path
+scores the dense model, so both paths give the same pruned weights (tests/test_sequential.py).
+Criteria that need a backward pass through the whole model (taylor, loraprune, surgeon's output-gradient
+factor) cannot run this way; `surgeon_layerwise` is the Surgeon's costs and update with G = I.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
+from slimdeploy.analyze.slicing import drop_layers, prune_attention, prune_mlp
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.onload import layer_prefixes, offload_layer, onload_layer, skeleton
+from slimdeploy.prune.api import make_budget, obs_update_layer, resolve_update
+from slimdeploy.prune.apply import current_widths, sync_config
+from slimdeploy.prune.config import PruneConfig
+from slimdeploy.prune.plan import make_plan, standardize_per_layer
+from slimdeploy.prune.record import PruneRecord
+from slimdeploy.score.api import ScoreInputs, random_criterion
+from slimdeploy.score.registry import get_criterion
+from slimdeploy.score.stats import catch_layer0_inputs, layer_input_stats
+from slimdeploy.utils.memory import peak_rss_mb
+
+# files of a model folder that describe the tokenizer and generation, copied as they are
+AUX_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "chat_template*",
+    "generation_config.json",
+    "LICENSE*",
+)
+
+
+def check_sequential(config: PruneConfig) -> None:
+    """Refuse what cannot run one layer at a time, before any weight is read."""
+    spec = get_criterion(config.criterion)
+    if spec.needs_grad:
+        raise SlimdeployError(
+            f"criterion {config.criterion} needs a backward pass through the whole model, which sequential "
+            "pruning never holds; use surgeon_layerwise (the Surgeon's costs and update, layer-wise curvature), "
+            "wanda, flap, l1 or l2"
+        )
+    if config.shots != 1:
+        raise SlimdeployError("sequential pruning runs one shot; set shots to 1")
+    resolve_update(config)
+
+
+def _layer_scores(config: PruneConfig, layer, st) -> dict[str, torch.Tensor]:
+    """One layer's group scores, from the criterion's own function given only that layer."""
+    inp = ScoreInputs(None, None, config.seed + 1, [layer_layout(layer)], [linears(layer)], stats=[st])
+    (scores,) = get_criterion(config.criterion).function()(inp)
+    for kind, v in scores.items():
+        if not torch.isfinite(v).all():
+            raise SlimdeployError(f"criterion {config.criterion} gave non-finite scores ({kind})")
+    return scores
+
+
+def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    return {k: path.name for k in tensors}
+
+
+def prune_sequential(
+    model_dir: Path,
+    config: PruneConfig,
+    batches: torch.Tensor | None,
+    out_dir: Path,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    progress=None,
+) -> tuple[dict, PruneRecord]:
+    """Prune the model in `model_dir` layer by layer into the (existing, empty) folder `out_dir`."""
+    check_sequential(config)
+    if batches is None and get_criterion(config.criterion).needs_data:
+        raise SlimdeployError(f"criterion {config.criterion!r} needs calibration data")
+    t0 = time.perf_counter()
+    model, index = skeleton(model_dir, dtype, device, trust_remote_code)
+    family_of(model)
+    prefixes = layer_prefixes(model)
+    layers = decoder_layers(model)
+    n = len(layers)
+    kinds: set[str] = set(config.structures)
+    update = resolve_update(config)
+    budget = make_budget(model)  # shapes only: meta layers count their parameters like real ones
+    p0 = budget.total_params
+    record = PruneRecord.load(model_dir) or PruneRecord.initial(model)  # a pruned input composes
+    hidden, kwargs = ([], {}) if batches is None else catch_layer0_inputs(model, batches.to(device))
+
+    # pass 1: scores (and block influence), one layer at a time
+    per_layer, influence = [], []
+    layer_scores = None
+    if config.criterion == "random":  # one generator across all layers: drawn from the shapes, nothing read
+        inp = ScoreInputs(None, None, config.seed + 1, [layer_layout(ly) for ly in layers], [])
+        per_layer, layer_scores = random_criterion(inp), inp.layer_scores
+    else:
+        for li, layer in enumerate(layers):
+            onload_layer(layer, prefixes[li], index, device, dtype)
+            st = layer_input_stats(layer, hidden, kwargs, with_cov=config.criterion == "surgeon_layerwise")
+            influence.append(st.block_influence)
+            per_layer.append(_layer_scores(config, layer, st))
+            del st
+            offload_layer(layer)
+            if progress:
+                progress(li + 1, 2 * n)
+        if batches is not None and "layer" in kinds:  # depth: block influence (ShortGPT), as score() gives
+            layer_scores = torch.tensor(influence, dtype=torch.float64)
+    if config.allocation == "global" and get_criterion(config.criterion).standardize_global:
+        per_layer = standardize_per_layer(per_layer)
+    plan = make_plan(per_layer, budget, config.ratio, kinds, config=config, layer_scores=layer_scores)
+    record = record.after(plan)
+
+    # pass 2: update, slice, write; activations again only when the update needs covariances
+    hidden = [] if update == "none" else catch_layer0_inputs(model, batches.to(device))[0]  # type: ignore[union-attr]
+    keep = plan.layers_keep if plan.layers_keep is not None else list(range(n))
+    n_shards = len(keep) + 1
+    weight_map: dict[str, str] = {}
+    for li, (layer, lp) in enumerate(zip(layers, plan.layers)):
+        if li not in keep and update == "none":
+            if progress:
+                progress(n + li + 1, 2 * n)
+            continue
+        onload_layer(layer, prefixes[li], index, device, dtype)
+        if update != "none":
+            st = layer_input_stats(layer, hidden, kwargs, with_cov=True)  # outputs of the dense layer
+            if lp is not None:
+                obs_update_layer(layer, lp, st, update)
+            del st
+        if lp is not None and lp.mlp_keep is not None:
+            prune_mlp(layer, lp.mlp_keep)
+        if lp is not None and lp.heads_keep is not None:
+            prune_attention(layer, lp.heads_keep, lp.kv_keep)
+        if li in keep:
+            new_i = keep.index(li)
+            tensors = {f"{prefixes[new_i]}{k}": v for k, v in layer.state_dict().items()}
+            weight_map |= _write_shard(out_dir / f"model-{new_i + 1:05d}-of-{n_shards:05d}.safetensors", tensors)
+        offload_layer(layer)
+        if progress:
+            progress(n + li + 1, 2 * n)
+    del hidden
+    if plan.layers_keep is not None:
+        drop_layers(model, plan.layers_keep)
+    sync_config(model)
+    layer_names = tuple(layer_prefixes(model))
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(layer_names)}
+    if getattr(model.config, "tie_word_embeddings", False):
+        rest.pop("lm_head.weight", None)
+    weight_map |= _write_shard(out_dir / f"model-{n_shards:05d}-of-{n_shards:05d}.safetensors", rest)
+    p1 = sum(p.numel() for p in model.parameters())
+    if p1 != plan.predicted_params:
+        raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {p1}")
+    if p1 == p0:
+        raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
+    model.config.dtype = dtype
+    model.config.save_pretrained(out_dir)
+    total_bytes = sum((out_dir / f).stat().st_size for f in set(weight_map.values()))
+    (out_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, indent=1)
+    )
+    for pattern in AUX_FILES:
+        for f in Path(model_dir).glob(pattern):
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+    record.save(out_dir)
+    report = {
+        "params_before": p0,
+        "params_after": p1,
+        "removed_fraction": 1 - p1 / p0,
+        "criterion": config.criterion,
+        "update": update,
+        "sequential": True,
+        "shots": [{"shot": 1, "params": p1}],
+        "widths": current_widths(model),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds_per_layer": round((time.perf_counter() - t0) / n, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    return report, record

@@ -1,0 +1,173 @@
+"""Sequential (layer-by-layer) pruning gives the in-memory path's pruned weights with one layer in memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import run_cli
+
+from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.model import load_model
+from slimdeploy.prune.api import PruneConfig
+from slimdeploy.prune.stage import prune_to_dir
+
+
+def _source(tmp_path, tokenizer, family: str, tied: bool, dtype=torch.float32):
+    """A tiny model saved as a sharded checkpoint (index + several files), like real hub folders."""
+    from slimdeploy.load.tiny import build_tiny_model
+
+    model = build_tiny_model(
+        family,
+        tied,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=16,
+    ).to(dtype)
+    src = tmp_path / f"src-{family}"
+    model.save_pretrained(src, max_shard_size="200KB")
+    tokenizer.save_pretrained(src)
+    assert (src / "model.safetensors.index.json").exists() and len(list(src.glob("*.safetensors"))) > 2
+    if family == "qwen2":  # real Qwen2 config.json files carry no head_dim
+        cfg = json.loads((src / "config.json").read_text())
+        cfg.pop("head_dim", None)
+        (src / "config.json").write_text(json.dumps(cfg))
+    return src
+
+
+CASES = [  # family, tied, criterion, allocation, structures, ratio (embeddings are most of a tiny model)
+    ("llama", False, "wanda", "uniform", ["mlp", "head"], 0.12),
+    ("qwen2", True, "surgeon_layerwise", "global", ["mlp", "head", "kv"], 0.2),  # OBS update, per-layer widths
+    ("qwen3", False, "flap", "global", ["mlp", "kv"], 0.12),
+    ("mistral", True, "wanda", "uniform", ["mlp", "layer"], 0.2),  # whole layers dropped, renumbered
+    ("llama", False, "random", "uniform", ["head"], 0.04),
+]
+
+
+@pytest.mark.parametrize("family,tied,criterion,allocation,structures,ratio", CASES)
+def test_sequential_equals_in_memory(
+    tmp_path, tokenizer, text_file, family, tied, criterion, allocation, structures, ratio
+):
+    src = _source(tmp_path, tokenizer, family, tied)
+    cfg = PruneConfig(
+        criterion=criterion,
+        allocation=allocation,
+        structures=structures,
+        ratio=ratio,
+        round_to=8,
+        n_samples=4,
+        seq_len=32,
+        data=str(text_file),
+    )
+    r_mem = prune_to_dir(str(src), cfg, tmp_path / "mem")
+    r_seq = prune_to_dir(str(src), cfg, tmp_path / "seq", sequential=True)
+    assert r_seq["sequential"] and r_seq["params_after"] == r_mem["params_after"] < r_mem["params_before"]
+    assert r_seq["widths"] == r_mem["widths"]
+    mem = load_model(str(tmp_path / "mem"), "fp32", with_tokenizer=False).model
+    seq = load_model(str(tmp_path / "seq"), "fp32", with_tokenizer=False).model
+    a, b = mem.state_dict(), seq.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0, msg=k)
+    rec = [json.loads((tmp_path / d / "pruning.json").read_text()) for d in ("mem", "seq")]
+    assert rec[0] == rec[1]
+    x = torch.randint(3, 1000, (1, 12))
+    torch.testing.assert_close(seq(x).logits, mem(x).logits, atol=1e-4, rtol=0)
+
+
+def test_one_layer_in_memory_at_a_time(tmp_path, tokenizer, text_file, monkeypatch):
+    """The depth-independence of peak memory, checked as structure: when a layer is read, every other
+    decoder layer is on the meta device (holds no memory)."""
+    import slimdeploy.prune.sequential as seqmod
+
+    src = _source(tmp_path, tokenizer, "llama", False)
+    seen = []
+    real_onload = seqmod.onload_layer
+
+    def onload(layer, prefix, index, device, dtype):
+        from slimdeploy.analyze.adapters import decoder_layers
+
+        others = [ly for ly in decoder_layers(model_box[0]) if ly is not layer]
+        seen.append(sum(any(not p.is_meta for p in ly.parameters()) for ly in others))
+        real_onload(layer, prefix, index, device, dtype)
+
+    model_box = []
+    real_skeleton = seqmod.skeleton
+
+    def skel(*a, **k):
+        model, index = real_skeleton(*a, **k)
+        model_box.append(model)
+        return model, index
+
+    monkeypatch.setattr(seqmod, "onload_layer", onload)
+    monkeypatch.setattr(seqmod, "skeleton", skel)
+    cfg = PruneConfig(
+        criterion="surgeon_layerwise", ratio=0.1, n_samples=2, seq_len=16, data=str(text_file), round_to=8
+    )
+    prune_to_dir(str(src), cfg, tmp_path / "out", sequential=True)
+    assert len(seen) == 8 and seen == [0] * 8  # 4 layers x 2 passes, never another layer materialised
+
+
+def test_bf16_stays_bf16_and_matches_in_memory(tmp_path, tokenizer, text_file):
+    src = _source(tmp_path, tokenizer, "llama", False, dtype=torch.bfloat16)
+    cfg = PruneConfig(criterion="wanda", ratio=0.1, n_samples=2, seq_len=16, data=str(text_file), round_to=8)
+    prune_to_dir(str(src), cfg, tmp_path / "mem", dtype="bf16")
+    report = prune_to_dir(str(src), cfg, tmp_path / "seq", dtype="auto", sequential=True)  # auto: the checkpoint's
+    assert report["dtype"] == "bfloat16"
+    from safetensors.torch import load_file
+
+    seq = {}
+    for f in (tmp_path / "seq").glob("*.safetensors"):
+        seq |= load_file(f)
+    mem = load_file(tmp_path / "mem" / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in seq.values())
+    assert seq.keys() == mem.keys() and all(torch.equal(seq[k], mem[k]) for k in mem)
+
+
+def test_missing_shard_is_one_line_and_writes_nothing(tmp_path, tokenizer, text_file, capsys):
+    src = _source(tmp_path, tokenizer, "llama", False)
+    shard = sorted(src.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    out = tmp_path / "out"
+    args = ["prune", "--model", str(src), "--out", str(out), "--criterion", "wanda", "--sequential"]
+    code, _, err = run_cli([*args, "--data", str(text_file), "--n-samples", "2", "--seq-len", "16"], capsys)
+    assert code == 1 and f"names shards that are not in {src}: {shard.name}" in err and err.count("\n") == 1, err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial*"))
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--criterion", "taylor"], "needs a backward pass through the whole model"),
+        (["--criterion", "surgeon"], "use surgeon_layerwise"),
+        (["--criterion", "wanda", "--shots", "2"], "sequential pruning runs one shot"),
+    ],
+)
+def test_what_cannot_run_layer_by_layer_is_refused_first(tmp_path, tiny_dir, capsys, extra, match):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["prune", "--model", str(tiny_dir), "--out", str(out), "--sequential", *extra], capsys)
+    assert code == 1 and match in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_sequential_needs_a_local_folder(tmp_path):
+    cfg = PruneConfig(criterion="l2")
+    with pytest.raises(SlimdeployError, match="local model folder"):
+        prune_to_dir("some-org/some-model", cfg, tmp_path / "out", sequential=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_sequential_output_loads_and_runs(tmp_path, tiny_dir, capsys, text_file):
+    out = tmp_path / "out"
+    args = ["prune", "--model", str(tiny_dir), "--out", str(out), "--criterion", "surgeon_layerwise", "--sequential"]
+    args += ["--ratio", "0.03", "--round-to", "8", "--data", str(text_file), "--n-samples", "2", "--seq-len", "16"]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["sequential"] and report["update"] == "cols" and 0.02 < report["removed_fraction"] < 0.04
+    model = load_model(str(out), "fp32").model
+    assert torch.isfinite(model(torch.randint(3, 100, (1, 8))).logits).all()

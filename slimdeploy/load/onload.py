@@ -75,44 +75,64 @@ def layer_prefixes(model) -> list[str]:
 
 
 def skeleton(model_dir: Path, dtype: torch.dtype, device: str, trust_remote_code: bool = False):
-    """The model with its decoder layers on `meta` and everything else read from disk onto `device`."""
+    """The model with every weight on `meta` (no memory); only non-persistent buffers (rotary inv_freq),
+    computed at construction, are built on `device`. Weights come in with `onload_rest`/`onload_layer`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     index = WeightIndex(model_dir)
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-    prefixes = tuple(layer_prefixes(model))
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    wanted = [
-        n
-        for n in model.state_dict()
-        if not n.startswith(prefixes) and not (tied and n == "lm_head.weight" and n not in index)
-    ]
-    state = {n: t.to(device=device, dtype=dtype) for n, t in index.read(wanted).items()}
-    model.load_state_dict(state, strict=False, assign=True)
-    if tied:
-        model.tie_weights()
-    # non-persistent buffers (rotary inv_freq) are computed at construction, so on meta they hold nothing:
-    # build their modules again on the device
+    prefixes = tuple(p.rstrip(".") for p in layer_prefixes(model))
     for name, module in list(model.named_modules()):
-        if name.startswith(tuple(p.rstrip(".") for p in prefixes)):
+        if name.startswith(prefixes) or not any(b.is_meta for b in module.buffers(recurse=False)):
             continue
-        if any(b.is_meta for b in module.buffers(recurse=False)):
-            try:
-                with torch.device(device):
-                    rebuilt = type(module)(config=model.config)
-            except TypeError:
-                raise SlimdeployError(
-                    f"cannot rebuild buffer module {name} ({type(module).__name__}) off the meta device; "
-                    "prune this architecture in memory (without --sequential)"
-                ) from None
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, rebuilt)
-    left = [n for n, p in model.named_parameters() if p.is_meta and not n.startswith(prefixes)]
-    if left:
-        raise SlimdeployError(f"{model_dir}: weights {left[:3]} are missing from the safetensors; re-export the model")
+        try:
+            with torch.device(device):
+                rebuilt = type(module)(config=model.config)
+        except TypeError:
+            raise SlimdeployError(
+                f"cannot rebuild buffer module {name} ({type(module).__name__}) off the meta device; "
+                "prune this architecture in memory (without --sequential)"
+            ) from None
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, rebuilt)
     return model.eval(), index
+
+
+def rest_names(model, index: WeightIndex) -> list[str]:
+    """State-dict names outside the decoder layers (embeddings, final norm, LM head unless tied)."""
+    prefixes = tuple(layer_prefixes(model))
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return [n for n in model.state_dict() if not n.startswith(prefixes) and not (tied and n == "lm_head.weight")]
+
+
+def onload_rest(model, index: WeightIndex, device: str, dtype: torch.dtype) -> None:
+    """Read everything outside the decoder layers onto `device` (what runs before layer 0)."""
+    names = rest_names(model, index)
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise SlimdeployError(
+            f"{index.dir}: weights {missing[:3]} are missing from the safetensors; re-export the model"
+        )
+    state = {n: t.to(device=device, dtype=dtype) for n, t in index.read(names).items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+
+
+def offload_rest(model) -> None:
+    """Embeddings, final norm and LM head back to `meta` (a 128k-vocabulary model's are 2 GB in bf16);
+    buffers computed at construction (rotary) stay."""
+    prefixes = tuple(layer_prefixes(model))
+    meta = {
+        n: torch.empty_like(t, device="meta")
+        for n, t in model.state_dict().items()
+        if not n.startswith(prefixes) and not t.is_meta
+    }
+    model.load_state_dict(meta, strict=False, assign=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
 
 
 def onload_layer(layer, prefix: str, index: WeightIndex, device: str, dtype: torch.dtype) -> None:

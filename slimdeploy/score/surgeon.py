@@ -22,11 +22,19 @@ import torch
 
 
 def damped_inverse(M: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
-    """(M + damp * mean(diag M) I)^-1 in float64: calibration covariances are often rank-deficient."""
-    M = M.double()
-    eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-    lam = damp * M.diagonal().mean().clamp_min(1e-12)
-    return torch.linalg.inv(M + lam * eye)
+    """(M + damp * mean(diag M) I)^-1 in float64: calibration covariances are often rank-deficient.
+
+    Through a Cholesky factor, in place on one fp64 copy: two n x n fp64 buffers at the peak instead of
+    five (an identity, a sum, LU workspace): 3.3 GB rather than 8 GB for a 14,336-wide MLP (Llama-3.1-8B)."""
+    Md = M.double()
+    Md = Md.clone() if Md.data_ptr() == M.data_ptr() else Md  # never modify the caller's tensor
+    lam = damp * Md.diagonal().mean().clamp_min(1e-12)
+    Md.diagonal().add_(lam)
+    L, info = torch.linalg.cholesky_ex(Md)
+    if int(info) != 0:  # not positive definite in floating point: the general inverse
+        return torch.linalg.inv(Md)
+    del Md
+    return torch.cholesky_inverse(L)
 
 
 def _sub_inverses(inv: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:

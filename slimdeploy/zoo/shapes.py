@@ -48,12 +48,37 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=131072,
         rope_theta=500000.0,
     ),
+    "llama-3.2-3b": dict(
+        family="llama",
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+    ),
+    "llama-3.1-8b": dict(
+        family="llama",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        tie_word_embeddings=False,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+    ),
 }
 
 
-def shape_model(name: str, seed: int = 0):
-    """A random-weight model with the named real model's shapes (fp32, eval mode)."""
-    import torch
+def shape_config(name: str):
+    """The transformers config of the named shape (marked shape-only)."""
     import transformers
 
     if name not in SHAPES:
@@ -64,6 +89,15 @@ def shape_model(name: str, seed: int = 0):
     cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[family]
     config = cls(**spec, rope_parameters={"rope_type": "default", "rope_theta": theta})
     config.slimdeploy_shape_only = name
+    return config
+
+
+def shape_model(name: str, seed: int = 0):
+    """A random-weight model with the named real model's shapes (fp32, eval mode)."""
+    import torch
+    import transformers
+
+    config = shape_config(name)
     torch.manual_seed(seed)
     with torch.device("cpu"):
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -22,6 +22,7 @@ from slimdeploy.prune.plan import PrunePlan
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 from slimdeploy.recover.losses import step_loss
+from slimdeploy.utils.distributed import average, average_grads, barrier, world
 
 
 def attach_lora(model, cfg: RecoverConfig):
@@ -125,6 +126,14 @@ def recover(
     from slimdeploy.load.model import require_tokenizer
 
     require_tokenizer(tokenizer, "recover stage")
+    rank, n_ranks = world()
+    if n_ranks > 1 and cfg.batch_size % n_ranks:
+        raise SlimdeployError(
+            f"recover.batch_size {cfg.batch_size} is not divisible by the world size {n_ranks}: each rank takes "
+            f"an equal share of every batch; use a multiple of {n_ranks}"
+        )
+    if n_ranks > 1 and cfg.mode != "oneshot":
+        raise SlimdeployError(f"distributed recovery runs mode oneshot, not {cfg.mode}; launch one process")
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and cfg.seq_len > max_pos:
         raise SlimdeployError(f"recover seq_len {cfg.seq_len} exceeds the model's context of {max_pos} tokens")
@@ -156,11 +165,14 @@ def recover(
             g["lr"] = lr_at(step, cfg)
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            x = mix.batch(step, micro, cfg)
+            x = mix.batch(step, micro, cfg)[rank::n_ranks]  # this rank's rows of the global batch
             loss = step_loss(peft_model, x, cfg, teacher) / cfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
             tokens += x.numel()
+        if n_ranks > 1:  # the mean over ranks of equal-sized shares = the global batch's gradient
+            average_grads(_trainable(peft_model))
+            loss_sum = average(loss_sum)
         if not math.isfinite(loss_sum):
             raise SlimdeployError(f"recovery diverged at step {step + 1} (loss {loss_sum}); lower lr")
         torch.nn.utils.clip_grad_norm_(_trainable(peft_model), 1.0)
@@ -186,7 +198,9 @@ def recover(
         if on_step:
             on_step(peft_model, step + 1)
         if ckpt and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == total):
-            _save_ckpt(ckpt, peft_model, opt, step + 1, history)
+            if rank == 0:  # every rank holds the same adapter and optimizer state
+                _save_ckpt(ckpt, peft_model, opt, step + 1, history)
+            barrier()
     peft_model.eval()
     pending = ctl.finish(peft_model) if ctl else None
     report = {
@@ -200,6 +214,8 @@ def recover(
         "kd_weight": cfg.kd_weight,
         "seconds": round(time.perf_counter() - t0, 1),
         "mode": cfg.mode,
+        "world_size": n_ranks,
+        "tokens_per_rank": tokens,  # trained in this run (after a resume: since the resume)
     }
     if ctl:
         report["pruning_schedule"] = ctl.history

@@ -1,0 +1,76 @@
+"""Data parallelism for recovery, on the launcher's own process group (`torchrun --nproc-per-node N`).
+
+torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; `init_from_env` joins that group (NCCL on CUDA, gloo on the
+CPU). Each rank trains on its rows of every global batch and the LoRA gradients are averaged with one
+all-reduce per step (what DDP does, done by hand because the loss runs the model's parts, not its forward),
+so N ranks end with the weights of one process on the same global batch. Frozen base weights are
+replicated; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when no process group is running."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env(device: str = "cpu") -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (no-op for a single process)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return world()
+
+
+def average_grads(params: list[torch.nn.Parameter]) -> None:
+    """Replace every gradient by its mean over the ranks (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    _, n = world()
+    if n == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= n
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        k = g.numel()
+        p.grad = flat[offset : offset + k].view_as(g).to(g.dtype)
+        offset += k
+
+
+def average(value: float) -> float:
+    """The mean of a number over the ranks."""
+    import torch.distributed as dist
+
+    _, n = world()
+    if n == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / n
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        dist.barrier()

@@ -1,0 +1,94 @@
+"""Data-parallel recovery: 2 gloo processes end with the weights of 1 process on the same global batch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TOL = 1e-5  # fp32, no autocast: only the order of the gradient sums differs between 1 and 2 ranks
+
+
+def _config(text: Path, batch_size: int = 4):
+    from slimdeploy.recover.config import RecoverConfig
+
+    return RecoverConfig(
+        rank=4, steps=3, warmup=0, batch_size=batch_size, seq_len=32, data=str(text), bf16=False, lr=5e-3, ckpt_every=2
+    )
+
+
+def _train(model_dir: Path, text: Path, work: Path, batch_size: int = 4) -> dict:
+    from slimdeploy.load.model import load_model
+    from slimdeploy.recover.train import recover
+
+    torch.manual_seed(0)
+    loaded = load_model(str(model_dir), "fp32")
+    result = recover(loaded.model, loaded.tokenizer, _config(text, batch_size), work_dir=work)
+    merged = result.model.merge_and_unload()
+    return {"state": {k: v.detach().clone() for k, v in merged.state_dict().items()}, "report": result.report}
+
+
+def _rank_main(rank: int, world: int, init_file: str, model_dir: str, text: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        res = _train(Path(model_dir), Path(text), Path(out) / "work")
+        if rank == 0:
+            torch.save(res, Path(out) / "merged.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process(tmp_path, tiny_dir, text_file):
+    import torch.multiprocessing as mp
+
+    (tmp_path / "work").mkdir()
+    args = (2, str(tmp_path / "init"), str(tiny_dir), str(text_file), str(tmp_path))
+    mp.spawn(_rank_main, args=args, nprocs=2, join=True)
+    two = torch.load(tmp_path / "merged.pt", weights_only=False)
+    (tmp_path / "single").mkdir()
+    one = _train(tiny_dir, text_file, tmp_path / "single")
+    assert two["report"]["world_size"] == 2 and one["report"]["world_size"] == 1
+    assert two["report"]["tokens_per_rank"] * 2 == one["report"]["tokens_per_rank"] == 3 * 4 * 32
+    for k, v in one["state"].items():
+        torch.testing.assert_close(two["state"][k], v, atol=TOL, rtol=0, msg=k)
+    from slimdeploy.load.model import load_model
+
+    original = load_model(str(tiny_dir), "fp32").model.state_dict()
+    assert any((one["state"][k] - original[k]).abs().max() > 1e-3 for k in original)  # training did move weights
+    assert (tmp_path / "work" / "recover_ckpt.pt").exists()  # written once, by rank 0
+
+
+def _bad_batch_rank(rank: int, init_file: str, model_dir: str, text: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from slimdeploy.errors import SlimdeployError
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        _train(Path(model_dir), Path(text), Path(out), batch_size=3)
+    except SlimdeployError as exc:
+        Path(out, f"error-{rank}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_world_size_must_divide_the_batch(tmp_path, tiny_dir, text_file):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_bad_batch_rank, args=(str(tmp_path / "init"), str(tiny_dir), str(text_file), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        msg = (tmp_path / f"error-{rank}.txt").read_text()
+        assert "batch_size 3 is not divisible by the world size 2" in msg and "\n" not in msg
+    assert not (tmp_path / "recover_ckpt.pt").exists()
+
+
+@pytest.mark.skipif(os.environ.get("WORLD_SIZE") is not None, reason="already inside a launcher")
+def test_single_process_is_world_one():
+    from slimdeploy.utils.distributed import average, init_from_env, world
+
+    assert init_from_env() == (0, 1) == world() and average(2.5) == 2.5

@@ -92,3 +92,53 @@ def test_single_process_is_world_one():
     from slimdeploy.utils.distributed import average, init_from_env, world
 
     assert init_from_env() == (0, 1) == world() and average(2.5) == 2.5
+
+
+RECIPE = """\
+name: ddp-test
+stages:
+  - kind: prune
+    ratio: 0.1
+    criterion: l2
+    round_to: 32
+  - kind: recover
+    steps: 3
+    warmup: 0
+    batch_size: 4
+    seq_len: 64
+    bf16: false
+    kd_weight: 0.5
+    ckpt_every: 2
+  - kind: merge
+"""
+
+
+def test_torchrun_compress_equals_one_process(tmp_path):
+    """The ecosystem's own launch: `torchrun --nproc-per-node 2 -m slimdeploy compress`; rank 0 writes the
+    output and its report records the world size and each rank's tokens; the weights equal a 1-process run."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = ["-m", "slimdeploy", "--quiet", "compress", "--recipe", str(tmp_path / "r.yaml")]
+    two = subprocess.run([*launch, *cmd, "--out", str(tmp_path / "o2")], env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *cmd, "--out", str(tmp_path / "o1")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-3000:]
+    recover = {}
+    for d in ("o1", "o2"):
+        stages = json.loads((tmp_path / d / "report.json").read_text())["stages"]
+        recover[d] = next(s for s in stages if s.get("kind") == "recover")
+        recover[d] = recover[d].get("details", recover[d])
+    assert (recover["o2"]["world_size"], recover["o2"]["tokens_per_rank"]) == (2, 3 * 4 * 64 // 2)
+    assert (recover["o1"]["world_size"], recover["o1"]["tokens_per_rank"]) == (1, 3 * 4 * 64)
+    a, b = load_file(tmp_path / "o1" / "model.safetensors"), load_file(tmp_path / "o2" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=TOL, rtol=0, msg=k)
+    assert not list(tmp_path.glob(".o2*"))  # the work folder is gone: written whole, once

@@ -231,7 +231,12 @@ def compress_cmd(
         Optional[str], typer.Option("--device", help="auto | cpu | cuda[:N] (overrides the recipe's device)")
     ] = None,
 ) -> None:
-    """Run a recipe end to end: prune, recover, merge, eval (export and bench as they land)."""
+    """Run a recipe end to end: prune, recover, merge, eval, export, bench.
+
+    Data-parallel recovery over N processes: launch with torchrun, `torchrun --nproc-per-node N -m slimdeploy
+    compress ...` (gloo on CPU, NCCL on CUDA). Rank 0 runs every other stage and writes all outputs; the
+    recover stage's batch_size must be a multiple of N; the report records the world size and tokens per rank.
+    """
     from slimdeploy.recipe.loader import dump_recipe, load_recipe, stage_kinds
 
     data_sets = [f"{k}.data={data}" for k in sorted(stage_kinds(recipe) & {"prune", "recover", "eval"})] if data else []
@@ -263,6 +268,8 @@ def compress_cmd(
     from slimdeploy.pipeline.runner import run
 
     report = run(rec, model, out, force, trust_remote_code, progress_factory=progress_bar, log=info)
+    if report is None:  # a rank > 0 under torchrun: rank 0 reports
+        return
     s = report["summary"]
     ppl = ", ".join(f"{k} {v:.3f}" for k, v in s["perplexity"].items())
     emit(

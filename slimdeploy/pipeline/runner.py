@@ -29,6 +29,7 @@ from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, r
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe, RecoverStage
 from slimdeploy.utils.device import resolve_device
+from slimdeploy.utils.distributed import broadcast, world
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -90,9 +91,16 @@ def run(
     trust_remote_code: bool = False,
     progress_factory=None,
     log=print,
-) -> dict:
-    """Run every stage of `recipe` on `model_spec` (None: recipe.model, else the embedded demo) into `out`."""
+) -> dict | None:
+    """Run every stage of `recipe` on `model_spec` (None: recipe.model, else the embedded demo) into `out`.
+
+    Under `torchrun --nproc-per-node N`, rank 0 runs the pipeline and writes everything; the other ranks
+    join only the recover stages (data-parallel, utils/distributed.py) and return None."""
+    from slimdeploy.utils.distributed import init_from_env
+
     model_spec = model_spec or recipe.model
+    if init_from_env(resolve_device(recipe.device))[0] > 0:
+        return _follow(recipe, model_spec, trust_remote_code)
     out = preflight(recipe, model_spec, Path(out), force)["out"]
     out = Path(out)
     work = out.parent / f".{out.name}.partial"
@@ -128,6 +136,10 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         state.teacher = load_teacher(model_spec, kd[0].teacher_dtype, where, trust_remote_code)
     n = len(recipe.stages)
     for i, cfg in enumerate(recipe.stages[start:], start=start):
+        if isinstance(cfg, RecoverStage) and world()[1] > 1:  # the other ranks resume from here and join
+            if not (work / "state.json").exists() or json.loads((work / "state.json").read_text())["done"] != i:
+                _save_state(work, state, i, rhash)
+            broadcast({"stage": i, "work": str(work), "rhash": rhash})
         t0 = time.perf_counter()
         bar = progress_factory(f"[{i + 1}/{n}] {cfg.kind}") if progress_factory else None
         try:
@@ -143,6 +155,8 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         result.params = param_stats(state.model)
         state.stages.append(result.to_json())
         _save_state(work, state, i + 1, rhash)
+    if world()[1] > 1:
+        broadcast(None)  # the other ranks are done
     final = work / "final"
     if final.exists():
         shutil.rmtree(final)
@@ -162,6 +176,24 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     final.rename(out)
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _follow(recipe: Recipe, model_spec: str | None, trust_remote_code: bool) -> None:
+    """A rank > 0 under torchrun: for each recover stage rank 0 announces, load the state it saved just
+    before, and train alongside it. Writes nothing; rank 0 does."""
+    device = resolve_device(recipe.device)
+    while (msg := broadcast()) is not None:
+        resumed = _resume(Path(msg["work"]), msg["rhash"], trust_remote_code, device)
+        assert resumed is not None and resumed[1] == msg["stage"], "rank 0 saves the state before announcing"
+        state, i = resumed
+        cfg = recipe.stages[i]
+        assert isinstance(cfg, RecoverStage)
+        if cfg.kd_weight > 0:
+            where = device if cfg.teacher_device == "same" else cfg.teacher_device
+            state.teacher = load_teacher(model_spec, cfg.teacher_dtype, where, trust_remote_code)
+        ctx = StageContext(recipe, model_spec, Path(msg["work"]), trust_remote_code, None, device)
+        stage_function(cfg)(state, cfg, ctx)
+    return None
 
 
 def load_teacher(model_spec: str | None, dtype: str, device: str, trust_remote_code: bool):

@@ -49,13 +49,15 @@ def prune_stage(state: PipelineState, cfg: PruneStage, ctx: StageContext) -> Sta
 @stage(RecoverStage)
 def recover_stage(state: PipelineState, cfg: RecoverStage, ctx: StageContext) -> StageResult:
     from slimdeploy.recover.train import recover
+    from slimdeploy.utils.distributed import is_main
 
     if cfg.kd_weight > 0 and state.teacher is None:
         raise SlimdeployError("distillation needs the unpruned teacher, which was not kept; re-run from scratch")
     teacher = state.teacher if cfg.kd_weight > 0 else None
     result = recover(state.model, state.tokenizer, cfg, teacher, ctx.work, ctx.progress)
     state.adapter, state.pending_plan = result.model, result.pending_plan
-    state.adapter.save_pretrained(ctx.work / "adapter")
+    if is_main():  # under torchrun every rank holds the same adapter: rank 0 writes it
+        state.adapter.save_pretrained(ctx.work / "adapter")
     return StageResult("recover", result.report)
 
 

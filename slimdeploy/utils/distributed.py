@@ -10,8 +10,13 @@ replicated; only rank 0 writes files.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
+from typing import Any
 
 import torch
+
+# rank 0 prunes, evaluates and exports alone while the others wait for the recover stage: hours on big models
+WAIT = timedelta(hours=24)
 
 
 def world() -> tuple[int, int]:
@@ -35,7 +40,7 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=WAIT)
     return world()
 
 
@@ -74,3 +79,14 @@ def barrier() -> None:
 
     if world()[1] > 1:
         dist.barrier()
+
+
+def broadcast(obj: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (pickled; small messages only)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -118,3 +118,24 @@ def test_compress_on_device_cpu_runs_the_stages_there(tiny_dir, text_file, tmp_p
     code, _, err = run_cli(["compress", "--recipe", str(recipe), "--model", str(tiny_dir), "--out", str(out)], capsys)
     assert code == 0, err
     assert "device: auto" in (out / "recipe.yaml").read_text()
+
+
+def test_compress_in_bf16_keeps_bf16_and_checks_merge_in_fp32(tmp_path, capsys):
+    """`compress --dtype bf16`: every stage works on bf16 weights (saved bf16), LoRA trains on top, and the
+    merge check compares fp32 logits with the 16-bit tolerance (merging rounds each weight)."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: bf16\nstages:\n  - kind: prune\n    ratio: 0.1\n    criterion: l2\n    round_to: 32\n"
+        "  - kind: recover\n    steps: 2\n    batch_size: 2\n    seq_len: 32\n  - kind: merge\n"
+    )
+    out = tmp_path / "o"
+    code, _, err = run_cli(["compress", "--recipe", str(recipe), "--out", str(out), "--dtype", "bf16"], capsys)
+    assert code == 0, err
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    report = json.loads((out / "report.json").read_text())
+    merge = next(s for s in report["stages"] if s["kind"] == "merge")
+    assert merge["atol"] == 2e-2 and 0 <= merge["max_abs_diff"] <= 2e-2 * max(1.0, merge["logit_scale"])
+    assert "dtype: bf16" in (out / "recipe.yaml").read_text()
+    code, _, err = run_cli(["compress", "--recipe", str(recipe), "--out", str(out), "--dtype", "fp8"], capsys)
+    assert code == 1 and "unknown dtype 'fp8'" in err and err.count("\n") == 1, err

@@ -230,6 +230,12 @@ def compress_cmd(
     device: Annotated[
         Optional[str], typer.Option("--device", help="auto | cpu | cuda[:N] (overrides the recipe's device)")
     ] = None,
+    dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            "--dtype", help="fp32 | bf16 | fp16 | auto: the weights every stage works in (overrides the recipe)"
+        ),
+    ] = None,
 ) -> None:
     """Run a recipe end to end: prune, recover, merge, eval, export, bench.
 
@@ -256,6 +262,11 @@ def compress_cmd(
     out = out or Path("runs") / rec.name
     if device is not None:
         rec = rec.model_copy(update={"device": device})  # checked by the preflight, like the recipe's own
+    if dtype is not None:
+        from slimdeploy.utils.device import check_dtype
+
+        check_dtype(dtype)
+        rec = rec.model_copy(update={"dtype": dtype})
     if dry_run:  # the checks run() starts with: model, data, output, exports; nothing loads
         from slimdeploy.pipeline.preflight import preflight
 

@@ -57,14 +57,14 @@ def _save_state(work: Path, state: PipelineState, done: int, rhash: str) -> None
     (work / "state.json.tmp").replace(work / "state.json")
 
 
-def _resume(work: Path, rhash: str, trust: bool, device: str) -> tuple[PipelineState, int] | None:
+def _resume(work: Path, rhash: str, trust: bool, device: str, dtype: str = "fp32") -> tuple[PipelineState, int] | None:
     meta_path = work / "state.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
     if meta["recipe_hash"] != rhash:
         raise SlimdeployError(f"{work} holds an interrupted run of a different recipe/model; delete it or pass --force")
-    loaded = load_model(str(work / "model"), "fp32", trust, device=device)
+    loaded = load_model(str(work / "model"), dtype, trust, device=device)
     state = PipelineState(
         loaded.model,
         loaded.tokenizer,
@@ -119,12 +119,12 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     sweep_work(work)
     torch.manual_seed(recipe.seed)
     device = resolve_device(recipe.device)
-    resumed = _resume(work, rhash, trust_remote_code, device)
+    resumed = _resume(work, rhash, trust_remote_code, device, recipe.dtype)
     if resumed:
         state, start = resumed
         log(f"resuming after stage {start} of {len(recipe.stages)} from {work}")
     else:
-        loaded = load_model(model_spec, "fp32", trust_remote_code, device=device)
+        loaded = load_model(model_spec, recipe.dtype, trust_remote_code, device=device)
         state = PipelineState(loaded.model, loaded.tokenizer, loaded.source, record=record_for(loaded))
         before = greedy_answers(state.model, state.tokenizer)  # shown beside the compressed ones
         load_entry = {"kind": "load", "source": state.source, "samples": before}
@@ -183,7 +183,7 @@ def _follow(recipe: Recipe, model_spec: str | None, trust_remote_code: bool) -> 
     before, and train alongside it. Writes nothing; rank 0 does."""
     device = resolve_device(recipe.device)
     while (msg := broadcast()) is not None:
-        resumed = _resume(Path(msg["work"]), msg["rhash"], trust_remote_code, device)
+        resumed = _resume(Path(msg["work"]), msg["rhash"], trust_remote_code, device, recipe.dtype)
         assert resumed is not None and resumed[1] == msg["stage"], "rank 0 saves the state before announcing"
         state, i = resumed
         cfg = recipe.stages[i]

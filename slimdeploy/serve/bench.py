@@ -111,7 +111,7 @@ class InProcessTorch:
 
 def bench_torch(models: dict, cfg: BenchConfig, progress=None) -> dict:
     """`models`: name -> loaded model (first = baseline), run in this process."""
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.dtype]
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.dtype]
     nbytes = torch.finfo(dtype).bits // 8
     for m in models.values():
         m.to(dtype).eval()

@@ -15,7 +15,7 @@ from slimdeploy.load.tiny import build_tiny_model
 from slimdeploy.prune.api import PruneConfig, prune
 
 
-def _pruned_dir(tmp_path, tokenizer, allocation="uniform"):
+def _pruned_dir(tmp_path, tokenizer, allocation="uniform", tp_size=1):
     model = build_tiny_model(
         "llama",
         hidden_size=256,
@@ -35,6 +35,7 @@ def _pruned_dir(tmp_path, tokenizer, allocation="uniform"):
             round_to=64 if allocation == "uniform" else 8,
             allocation=allocation,
             structures=["mlp", "head", "kv"],
+            tp_size=tp_size,
         ),
         None,
     )
@@ -54,6 +55,32 @@ def test_pruned_model_served_by_vllm_matches_transformers(tmp_path, tokenizer):
     saved = json.loads((tmp_path / "out" / "export_report.json").read_text())
     assert saved["verification"]["identical"] == 4
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed (pip install 'slimdeploy[cpu]')")
+def test_tp2_export_served_sharded_by_vllm(tmp_path, tokenizer):
+    """A tp_size 2 prune + export is served by vLLM with tensor_parallel_size=2 (on the CPU build: one worker
+    per core, threads bound by us) and gives transformers' greedy tokens."""
+    import os
+
+    src = _pruned_dir(tmp_path, tokenizer, tp_size=2)
+    report = export_vllm(src, tmp_path / "out", tp_size=2)
+    assert report["tensor_parallel"]["ok"]
+    v = report["verification"]
+    cores = len(os.sched_getaffinity(0))
+    assert v["tensor_parallel_size"] == (2 if cores >= 2 else 1), v
+    assert v["identical"] == v["prompts"] == 4
+
+
+def test_cpu_thread_binding_gives_each_tp_worker_its_own_cores(monkeypatch):
+    from slimdeploy.export import vllm_runner
+
+    monkeypatch.setattr(vllm_runner, "cpus_for_tp", lambda tp: [0, 1, 2, 3] if tp <= 4 else None)
+    assert vllm_runner.cpu_thread_binding(2, {}) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3"}
+    assert vllm_runner.cpu_thread_binding(4, {}) == {"VLLM_CPU_OMP_THREADS_BIND": "0|1|2|3"}
+    assert vllm_runner.cpu_thread_binding(2, {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}) == {}  # the user's is kept
+    assert vllm_runner.cpu_thread_binding(8, {}) == {}  # too few cores: vLLM reports it itself
 
 
 def test_unsupported_architecture_and_existing_output(tmp_path, tokenizer):

@@ -98,7 +98,9 @@ def export_vllm(
         if per_layer:
             report["transformers_parity"] = check_reload(tmp, loaded)
         if verify:
-            report["verification"] = verify_vllm(tmp, loaded, n_tokens)
+            report["verification"] = verify_vllm(
+                tmp, loaded, n_tokens, tp_size if report["tensor_parallel"]["ok"] else 1
+            )
         (tmp / "export_report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -135,11 +137,19 @@ def check_reload(export_dir: Path, loaded, atol: float = 1e-5) -> dict:
     return {"max_abs_logit_diff": worst, "atol": atol, "dtype": "float32"}
 
 
-def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
-    """Greedy tokens from vLLM (fp32) against transformers (fp32) on fixed prompts."""
-    from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
-    from slimdeploy.export.vllm_runner import vllm_greedy
+def verify_vllm(export_dir: Path, loaded, n_tokens: int, tp_size: int = 1) -> dict:
+    """Greedy tokens from vLLM (fp32) against transformers (fp32) on fixed prompts; with `tp_size` > 1 vLLM
+    serves the checkpoint sharded (tensor_parallel_size), when the machine has that many GPUs or CPU cores."""
+    import torch
 
+    from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
+    from slimdeploy.export.vllm_runner import cpus_for_tp, vllm_greedy
+
+    served_tp, why = tp_size, None
+    if tp_size > 1:
+        have = torch.cuda.device_count() if torch.cuda.is_available() else len(cpus_for_tp(1) or [])
+        if have < tp_size:
+            served_tp, why = 1, f"{have} {'GPUs' if torch.cuda.is_available() else 'CPU cores'} < tp_size {tp_size}"
     prompts = default_prompts(loaded.tokenizer)
     t0 = time.perf_counter()
     got = vllm_greedy(
@@ -149,11 +159,14 @@ def verify_vllm(export_dir: Path, loaded, n_tokens: int) -> dict:
         dtype="float32",
         max_model_len=min(512, loaded.model.config.max_position_embeddings),
         trust_remote_code=remote_code_allowed(export_dir),  # our own code, written by this export (hash-checked)
+        tensor_parallel_size=served_tp,
     )
     ref = hf_greedy(loaded.model, prompts, n_tokens)
     result = {
         "dtype": "float32",
         "runtime": "vllm",
+        "tensor_parallel_size": served_tp,
+        **({"tensor_parallel_not_served": why} if why else {}),
         **compare_tokens(ref, got),
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -22,7 +22,8 @@ from slimdeploy.prune.plan import PrunePlan
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 from slimdeploy.recover.losses import step_loss
-from slimdeploy.utils.distributed import average, average_grads, barrier, world
+from slimdeploy.utils.distributed import average, average_grads, barrier, gather, world
+from slimdeploy.utils.memory import peak_rss_mb
 
 
 def attach_lora(model, cfg: RecoverConfig):
@@ -203,6 +204,7 @@ def recover(
             barrier()
     peft_model.eval()
     pending = ctl.finish(peft_model) if ctl else None
+    seconds = time.perf_counter() - t0
     report = {
         "steps": total,
         "tokens": total * cfg.tokens_per_step,
@@ -212,10 +214,12 @@ def recover(
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "kd_weight": cfg.kd_weight,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
         "mode": cfg.mode,
         "world_size": n_ranks,
         "tokens_per_rank": tokens,  # trained in this run (after a resume: since the resume)
+        "tokens_per_s": round(tokens * n_ranks / max(seconds, 1e-9), 1),  # all ranks together
+        "peak_rss_mb_per_rank": [round(x, 1) for x in gather(peak_rss_mb())],
     }
     if ctl:
         report["pruning_schedule"] = ctl.history

@@ -90,3 +90,15 @@ def broadcast(obj: Any = None) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(value: Any) -> list:
+    """Every rank's `value`, in rank order (on every rank)."""
+    import torch.distributed as dist
+
+    n = world()[1]
+    if n == 1:
+        return [value]
+    out: list = [None] * n
+    dist.all_gather_object(out, value)
+    return out

@@ -19,13 +19,23 @@ def _config(text: Path, batch_size: int = 4):
     )
 
 
-def _train(model_dir: Path, text: Path, work: Path, batch_size: int = 4) -> dict:
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_3(model, step):
+    if step == 3:
+        raise _Stop
+
+
+def _train(model_dir: Path, text: Path, work: Path, batch_size: int = 4, steps: int = 3, on_step=None) -> dict:
     from slimdeploy.load.model import load_model
     from slimdeploy.recover.train import recover
 
     torch.manual_seed(0)
     loaded = load_model(str(model_dir), "fp32")
-    result = recover(loaded.model, loaded.tokenizer, _config(text, batch_size), work_dir=work)
+    cfg = _config(text, batch_size).model_copy(update={"steps": steps})
+    result = recover(loaded.model, loaded.tokenizer, cfg, work_dir=work, on_step=on_step)
     merged = result.model.merge_and_unload()
     return {"state": {k: v.detach().clone() for k, v in merged.state_dict().items()}, "report": result.report}
 
@@ -61,6 +71,37 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_dir, text_file):
     original = load_model(str(tiny_dir), "fp32").model.state_dict()
     assert any((one["state"][k] - original[k]).abs().max() > 1e-3 for k in original)  # training did move weights
     assert (tmp_path / "work" / "recover_ckpt.pt").exists()  # written once, by rank 0
+
+
+def _resume_rank(rank: int, init_file: str, model_dir: str, text: str, out: str) -> None:
+    """Both ranks stop after step 3 (rank 0 checkpointed step 2), then the same call resumes and finishes."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        try:
+            _train(Path(model_dir), Path(text), Path(out) / "work", steps=4, on_step=_stop_at_3)
+        except _Stop:
+            pass
+        res = _train(Path(model_dir), Path(text), Path(out) / "work", steps=4)
+        if rank == 0:
+            torch.save(res, Path(out) / "resumed.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_interrupted_two_rank_recovery_resumes_to_the_same_weights(tmp_path, tiny_dir, text_file):
+    import torch.multiprocessing as mp
+
+    (tmp_path / "work").mkdir()
+    mp.spawn(_resume_rank, args=(str(tmp_path / "init"), str(tiny_dir), str(text_file), str(tmp_path)), nprocs=2)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=False)
+    assert resumed["report"]["tokens_per_rank"] == 2 * 4 * 32 // 2  # steps 3 and 4 only, after the resume
+    (tmp_path / "single").mkdir()
+    one = _train(tiny_dir, text_file, tmp_path / "single", steps=4)
+    for k, v in one["state"].items():
+        torch.testing.assert_close(resumed["state"][k], v, atol=TOL, rtol=0, msg=k)
 
 
 def _bad_batch_rank(rank: int, init_file: str, model_dir: str, text: str, out: str) -> None:

@@ -54,11 +54,34 @@ def recover_stage(state: PipelineState, cfg: RecoverStage, ctx: StageContext) ->
     if cfg.kd_weight > 0 and state.teacher is None:
         raise SlimdeployError("distillation needs the unpruned teacher, which was not kept; re-run from scratch")
     teacher = state.teacher if cfg.kd_weight > 0 else None
-    result = recover(state.model, state.tokenizer, cfg, teacher, ctx.work, ctx.progress)
+    topk_dir, teacher_report = None, None
+    if teacher is not None and cfg.teacher_topk:
+        teacher_report = _cache_teacher(state, cfg, ctx)
+        teacher, topk_dir = None, ctx.work / "teacher_topk"
+    result = recover(state.model, state.tokenizer, cfg, teacher, ctx.work, ctx.progress, teacher_topk_dir=topk_dir)
+    if teacher_report:
+        result.report["teacher"] = teacher_report
     state.adapter, state.pending_plan = result.model, result.pending_plan
     if is_main():  # under torchrun every rank holds the same adapter: rank 0 writes it
         state.adapter.save_pretrained(ctx.work / "adapter")
     return StageResult("recover", result.report)
+
+
+def _cache_teacher(state: PipelineState, cfg: RecoverStage, ctx: StageContext) -> dict:
+    """The teacher's top-k logits for every batch of this stage, on disk; then the teacher is freed unless a
+    later recover stage distils from the model itself."""
+    from slimdeploy.recover.data import DataMixture
+    from slimdeploy.recover.teacher_cache import cache_teacher_topk, recovery_batches
+    from slimdeploy.utils.distributed import world
+
+    rank, n = world()
+    batches = recovery_batches(DataMixture.build(state.tokenizer, cfg), cfg, rank, n)
+    report = cache_teacher_topk(state.teacher, batches, cfg.teacher_topk, ctx.work / "teacher_topk", rank)
+    here = next(i for i, s in enumerate(ctx.recipe.stages) if s is cfg)
+    later = ctx.recipe.stages[here + 1 :]
+    if not any(isinstance(s, RecoverStage) and s.kd_weight > 0 and not s.teacher_topk for s in later):
+        state.teacher = None  # training runs without the teacher in memory
+    return report
 
 
 @stage(MergeStage)

@@ -43,6 +43,12 @@ class RecoverConfig(BaseModel):
         pattern=r"^(same|cpu|cuda(:\d+)?)$",
         description="where the teacher runs: same (as the student), cpu, cuda[:N]",
     )
+    teacher_topk: int = Field(
+        0,
+        ge=0,
+        description="0: the teacher runs beside the student; k > 0: its top-k logits for every batch are computed "
+        "once before training, cached in the work folder (8 bytes x k per token) and the teacher is freed",
+    )
     data: str | list[str] | None = Field(
         None, description=".txt/.jsonl/alpaca .json/hf: (a list mixes sources); default: demo train split"
     )
@@ -72,6 +78,8 @@ class RecoverConfig(BaseModel):
             raise ValueError(f"mode {self.mode} needs a `prune` block (ratio, structures, ...)")
         if self.mode == "oneshot" and self.prune is not None:
             raise ValueError("a `prune` block needs mode loraprune or lorashear")
+        if self.teacher_topk and self.mode != "oneshot":  # lorashear's data adaptor changes the batches as it trains
+            raise ValueError("teacher_topk needs mode oneshot (its batches are known before training)")
         return self
 
     @property

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from slimdeploy.errors import SlimdeployError
 from slimdeploy.recover.config import RecoverConfig
 
 IGNORE = -100
@@ -33,9 +34,13 @@ def shifted_labels(ids: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def _slice_sums(h, labels, th, weight, bias, t_weight, t_bias, T: float):
+def _slice_sums(h, labels, th, weight, bias, t_weight, t_bias, T: float, t_vals=None, t_idx=None):
     logits = F.linear(h, weight, bias).float()
     ce = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    if t_vals is not None:  # the teacher's cached top-k logits: KL over its top k, renormalised
+        s = F.log_softmax(logits / T, dim=-1).gather(-1, t_idx)
+        t = F.log_softmax(t_vals.float() / T, dim=-1)
+        return ce, (t.exp() * (t - s)).sum()
     if th is None:
         return ce, ce.new_zeros(())
     s = F.log_softmax(logits / T, dim=-1)
@@ -53,22 +58,30 @@ def lm_kd_loss(
     teacher_hidden: torch.Tensor | None = None,
     teacher_head: torch.nn.Linear | None = None,
     chunk: int | None = None,
+    teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """(1 - w) * next-token CE (mean over predicted tokens) + w * T^2 * KL(teacher || student) (mean over
-    all tokens), with hidden (B, S, H) from the student's decoder and ids (B, S) the packed input."""
-    use_kd = teacher_hidden is not None and kd_weight > 0
+    all tokens), with hidden (B, S, H) from the student's decoder and ids (B, S) the packed input. The
+    teacher comes as its hidden states and head, or as cached top-k (values, indices), each (B * S, k)."""
+    topk = teacher_topk is not None and kd_weight > 0
+    use_kd = (teacher_hidden is not None or topk) and kd_weight > 0
     labels = shifted_labels(ids).flatten()
     h = hidden.flatten(0, 1)
-    th = teacher_hidden.flatten(0, 1).detach().to(h.device) if use_kd else None
+    full = use_kd and not topk
+    th = teacher_hidden.flatten(0, 1).detach().to(h.device) if full else None
     chunk = chunk or chunk_tokens(head.weight.shape[0])
     # the teacher may sit on another device: its head (vocab x hidden, not the whole model) comes over
-    t_w = teacher_head.weight.detach().to(h.device) if use_kd else None
-    t_b = teacher_head.bias.detach().to(h.device) if use_kd and teacher_head.bias is not None else None
+    t_w = teacher_head.weight.detach().to(h.device) if full else None
+    t_b = teacher_head.bias.detach().to(h.device) if full and teacher_head.bias is not None else None
+    tv, ti = (teacher_topk[0].to(h.device), teacher_topk[1].to(h.device)) if topk else (None, None)
     ce_sum = kl_sum = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
-        args = (h[i : i + chunk], labels[i : i + chunk], th[i : i + chunk] if use_kd else None)
+        args = (h[i : i + chunk], labels[i : i + chunk], th[i : i + chunk] if full else None)
+        cached = (tv[i : i + chunk], ti[i : i + chunk]) if topk else (None, None)
         # Recompute this slice's logits in backward instead of keeping them: memory is one slice
-        ce, kl = checkpoint(_slice_sums, *args, head.weight, head.bias, t_w, t_b, temperature, use_reentrant=False)
+        ce, kl = checkpoint(
+            _slice_sums, *args, head.weight, head.bias, t_w, t_b, temperature, *cached, use_reentrant=False
+        )
         ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
     n_lm = (labels != IGNORE).sum().clamp(min=1)
     lm = ce_sum / n_lm
@@ -96,8 +109,17 @@ def decoder_and_head(model):
     return decoder, head
 
 
-def step_loss(model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True) -> torch.Tensor:
+def step_loss(
+    model, x: torch.Tensor, cfg: RecoverConfig, teacher=None, chunked: bool = True, teacher_topk=None
+) -> torch.Tensor:
     x = x.to(next(model.parameters()).device)  # batches are built on the CPU; the model may sit elsewhere
+    if teacher_topk is not None and cfg.kd_weight > 0:  # the teacher's cached top-k logits (teacher_cache.py)
+        parts = decoder_and_head(model)
+        if parts is None:
+            raise SlimdeployError("teacher_topk needs logits = lm_head(decoder(x)); use teacher_topk 0")
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            hidden = parts[0](input_ids=x, use_cache=False).last_hidden_state
+            return lm_kd_loss(hidden, parts[1], x, cfg.kd_weight, cfg.kd_temperature, teacher_topk=teacher_topk)
     use_kd = teacher is not None and cfg.kd_weight > 0
     parts = decoder_and_head(model) if chunked else None
     t_parts = decoder_and_head(teacher) if use_kd and parts else None

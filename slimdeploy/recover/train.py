@@ -22,6 +22,7 @@ from slimdeploy.prune.plan import PrunePlan
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 from slimdeploy.recover.losses import step_loss
+from slimdeploy.recover.teacher_cache import load_topk
 from slimdeploy.utils.distributed import average, average_grads, barrier, gather, world
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -121,9 +122,17 @@ class RecoverResult:
 
 
 def recover(
-    model, tokenizer, cfg: RecoverConfig, teacher=None, work_dir: Path | None = None, progress=None, on_step=None
+    model,
+    tokenizer,
+    cfg: RecoverConfig,
+    teacher=None,
+    work_dir: Path | None = None,
+    progress=None,
+    on_step=None,
+    teacher_topk_dir: Path | None = None,
 ) -> RecoverResult:
-    """Train LoRA adapters on `model`. Resumes from `work_dir` if it has a checkpoint."""
+    """Train LoRA adapters on `model`. Resumes from `work_dir` if it has a checkpoint. The distillation
+    teacher is a model (`teacher`) or its cached top-k logits (`teacher_topk_dir`, teacher_cache.py)."""
     from slimdeploy.load.model import require_tokenizer
 
     require_tokenizer(tokenizer, "recover stage")
@@ -167,7 +176,8 @@ def recover(
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             x = mix.batch(step, micro, cfg)[rank::n_ranks]  # this rank's rows of the global batch
-            loss = step_loss(peft_model, x, cfg, teacher) / cfg.grad_accum
+            cached = load_topk(teacher_topk_dir, step, micro, rank) if teacher_topk_dir else None
+            loss = step_loss(peft_model, x, cfg, teacher, teacher_topk=cached) / cfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
             tokens += x.numel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from slimdeploy.analyze.adapters import decoder_layers, layer_layout
 from slimdeploy.analyze.slicing import drop_layers, prune_attention, prune_mlp
+from slimdeploy.prune.plan import LayerPlan
 from slimdeploy.prune.record import PruneRecord
 
 
@@ -38,18 +39,23 @@ def sync_config(model) -> bool:
     return uniform
 
 
+def slice_layer(layer, lp: LayerPlan) -> None:
+    """Keep one layer's MLP channels and heads as `lp` says (indices in its current numbering)."""
+    if lp.mlp_keep is not None:
+        prune_mlp(layer, lp.mlp_keep)
+    if lp.heads_keep is not None:
+        assert lp.kv_keep is not None, "a plan that keeps heads names the KV heads too"
+        prune_attention(layer, lp.heads_keep, lp.kv_keep)
+
+
 def apply_plan(model, plan, record: PruneRecord | None = None) -> PruneRecord:
     """Slice every layer as `plan` says (kept indices in the model's current numbering); returns the record
     of what the model now keeps relative to the original (`record`: the one it had, None: unpruned)."""
     new_record = (record or PruneRecord.initial(model)).after(plan)
     layers = decoder_layers(model)
     for i, lp in enumerate(plan.layers):
-        if lp is None:
-            continue
-        if lp.mlp_keep is not None:
-            prune_mlp(layers[i], lp.mlp_keep)
-        if lp.heads_keep is not None:
-            prune_attention(layers[i], lp.heads_keep, lp.kv_keep)
+        if lp is not None:
+            slice_layer(layers[i], lp)
     if plan.layers_keep is not None:
         drop_layers(model, plan.layers_keep)
     sync_config(model)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
-from slimdeploy.analyze.slicing import drop_layers, prune_attention, prune_mlp
+from slimdeploy.analyze.slicing import drop_layers
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.onload import (
     WeightIndex,
@@ -37,7 +37,7 @@ from slimdeploy.load.onload import (
     skeleton,
 )
 from slimdeploy.prune.api import make_budget, obs_update_layer, resolve_update
-from slimdeploy.prune.apply import current_widths, sync_config
+from slimdeploy.prune.apply import current_widths, slice_layer, sync_config
 from slimdeploy.prune.config import PruneConfig
 from slimdeploy.prune.plan import make_plan, standardize_per_layer
 from slimdeploy.prune.record import PruneRecord
@@ -172,10 +172,8 @@ def prune_sequential(
             if lp is not None:
                 obs_update_layer(layer, lp, st, update)
             del st
-        if lp is not None and lp.mlp_keep is not None:
-            prune_mlp(layer, lp.mlp_keep)
-        if lp is not None and lp.heads_keep is not None:
-            prune_attention(layer, lp.heads_keep, lp.kv_keep)
+        if lp is not None:
+            slice_layer(layer, lp)
         if li in keep:
             new_i = keep.index(li)
             tensors = {f"{prefixes[new_i]}{k}": v for k, v in layer.state_dict().items()}

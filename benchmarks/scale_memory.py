@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 
-def write_shape(name: str, folder: Path) -> int:
-    """A random bf16 checkpoint with the named shape, written layer by layer (never whole in memory)."""
+def write_shape(name: str, folder: Path, layers: int | None = None) -> int:
+    """A random bf16 checkpoint with the named shape (`layers`: fewer decoder layers), written layer by layer
+    (never whole in memory)."""
     import torch
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
@@ -38,6 +39,8 @@ def write_shape(name: str, folder: Path) -> int:
     tmp.mkdir(parents=True)
     cfg = shape_config(name)
     cfg.dtype = torch.bfloat16
+    if layers:
+        cfg.num_hidden_layers = layers
     g = torch.Generator().manual_seed(0)
     h, i, hd = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
     q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
@@ -107,6 +110,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/slimdeploy-scale", help="where the random checkpoints are written")
     ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=None, help="fewer decoder layers (per-layer peak at full width)")
     ap.add_argument("--keep-outputs", action="store_true", help="keep the pruned folders (they are large)")
     ap.add_argument("--out", default="benchmarks/results/scale_memory.json")
     args = ap.parse_args()
@@ -114,12 +118,12 @@ def main() -> int:
     out = Path(args.out)
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
     for shape in args.shapes.split(","):
-        folder = work / shape
+        folder = work / (shape + (f"-{args.layers}layers" if args.layers else ""))
         t0 = time.time()
-        size = write_shape(shape, folder)
+        size = write_shape(shape, folder, args.layers)
         print(f"{shape}: {size / 1e9:.2f} GB of bf16 safetensors ({time.time() - t0:.0f} s)", flush=True)
         for crit in args.criteria.split(","):
-            pruned = work / f"{shape}-{crit}"
+            pruned = work / f"{folder.name}-{crit}"
             r = run_prune(folder, pruned, crit, args.n_samples, args.seq_len)
             if not args.keep_outputs:
                 shutil.rmtree(pruned, ignore_errors=True)
@@ -134,7 +138,8 @@ def main() -> int:
                 "removed_fraction": round(r["removed_fraction"], 4),
                 "calibration_tokens": args.n_samples * args.seq_len,
             }
-            rows = [x for x in rows if (x["shape"], x["criterion"]) != (shape, crit)] + [row]
+            key = (shape, crit, row["layers"])
+            rows = [x for x in rows if (x["shape"], x["criterion"], x["layers"]) != key] + [row]
             print(json.dumps(row), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             meta = {

@@ -171,3 +171,16 @@ def test_cli_sequential_output_loads_and_runs(tmp_path, tiny_dir, capsys, text_f
     assert report["sequential"] and report["update"] == "cols" and 0.02 < report["removed_fraction"] < 0.04
     model = load_model(str(out), "fp32").model
     assert torch.isfinite(model(torch.randint(3, 100, (1, 8))).logits).all()
+
+
+def test_A_inv_is_the_damped_inverse_of_the_mean_covariance():
+    from slimdeploy.score.stats import InputStats
+
+    x = torch.randn(2, 50, 12, generator=torch.Generator().manual_seed(0))
+    st = InputStats()
+    for part in x:
+        st.add(part, with_cov=True)
+    flat = x.reshape(-1, 12).double()
+    A = flat.T @ flat / flat.shape[0]
+    ref = torch.linalg.inv(A + 0.01 * A.diagonal().mean() * torch.eye(12, dtype=torch.float64))
+    torch.testing.assert_close(st.A_inv(), ref, rtol=1e-5, atol=1e-8)

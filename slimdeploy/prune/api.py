@@ -55,7 +55,7 @@ def obs_update_layer(layer, lp: LayerPlan, st, mode: str) -> None:
     removed_q = (removed_heads[:, None] * hd + torch.arange(hd)).flatten()
     with torch.no_grad():
         for name, removed in (("down", removed_mlp), ("o", removed_q)):
-            A_inv = surgeon.damped_inverse(st.inputs[name].A.to(lin[name].weight.device))
+            A_inv = st.inputs[name].A_inv().to(lin[name].weight.device)
             lin[name].weight.copy_(surgeon.remove_columns_update(lin[name].weight, A_inv, removed.to(A_inv.device)))
         if mode == "both" and st.out_grads:
             removed_kv = _complement(lay.kv_heads, lp.kv_keep)

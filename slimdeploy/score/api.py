@@ -59,12 +59,14 @@ def _surgeon_layer(lay, lin: dict, st, layerwise: bool = False) -> dict[str, tor
         parts = []
         for mem in members(kind, lay):
             W = lin[mem.linear].weight.detach()
-            A = st.inputs[mem.linear].A
+            a = st.inputs[mem.linear]
             G = None if layerwise else st.out_grads[mem.linear].A
             if mem.axis == COLS:
-                s = surgeon.column_costs(W, inv(("A", mem.linear), A), G, mem.blocks)
+                if ("A", mem.linear) not in inv_cache:
+                    inv_cache[("A", mem.linear)] = a.A_inv()
+                s = surgeon.column_costs(W, inv_cache[("A", mem.linear)], G, mem.blocks)
             else:
-                s = surgeon.row_costs(W, A, None if G is None else inv(("G", mem.linear), G), mem.blocks)
+                s = surgeon.row_costs(W, a.A, None if G is None else inv(("G", mem.linear), G), mem.blocks)
             parts.append(s)
         out[kind] = _sum(parts)
     return out

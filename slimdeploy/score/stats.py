@@ -57,6 +57,14 @@ class InputStats:
         assert self.cov is not None, "no covariance recorded (with_cov was off)"
         return (self.cov / self.n).float()
 
+    def A_inv(self, damp: float = 0.01) -> torch.Tensor:
+        """damped_inverse(A) in fp64 without an fp32 copy of A: (S/n + d/n I)^-1 = n (S + d I)^-1 for the
+        sum S (at a 14,336-wide MLP input that copy is 0.8 GB of the sequential path's peak)."""
+        from slimdeploy.score.surgeon import damped_inverse
+
+        assert self.cov is not None, "no covariance recorded (with_cov was off)"
+        return damped_inverse(self.cov, damp).mul_(self.n)
+
 
 @dataclass
 class LayerStats:

@@ -184,3 +184,19 @@ def test_A_inv_is_the_damped_inverse_of_the_mean_covariance():
     A = flat.T @ flat / flat.shape[0]
     ref = torch.linalg.inv(A + 0.01 * A.diagonal().mean() * torch.eye(12, dtype=torch.float64))
     torch.testing.assert_close(st.A_inv(), ref, rtol=1e-5, atol=1e-8)
+
+
+def test_nan_in_the_source_is_refused_and_nothing_written(tmp_path, tokenizer, text_file):
+    from safetensors.torch import load_file, save_file
+
+    src = _source(tmp_path, tokenizer, "llama", False)
+    index = json.loads((src / "model.safetensors.index.json").read_text())["weight_map"]
+    name = "model.layers.2.input_layernorm.weight"  # never sliced: only the writer's check can see it
+    shard = src / index[name]
+    tensors = load_file(shard)
+    tensors[name][0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    cfg = PruneConfig(criterion="random", ratio=0.1, round_to=8)
+    with pytest.raises(SlimdeployError, match="model.layers.2.input_layernorm.weight contains NaN"):
+        prune_to_dir(str(src), cfg, tmp_path / "out", sequential=True)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))

@@ -84,7 +84,12 @@ def _layer_scores(config: PruneConfig, layer, st) -> dict[str, torch.Tensor]:
 
 
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """One safetensors file; refuses NaN/Inf (in the source, or made by the update), naming the tensor."""
     from safetensors.torch import save_file
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise SlimdeployError(f"weight {name} contains NaN or Inf after pruning; check the source model")
 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
     return {k: path.name for k in tensors}

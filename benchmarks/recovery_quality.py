@@ -58,7 +58,7 @@ def main() -> int:
         type=float,
         default=0.8,
         help="recover on this leading share of the text; below 0.8 the rest up to 0.8 is a validation slice "
-        "for choosing settings without looking at the test slice (the last 20%)",
+        "for choosing settings without looking at the test slice (the last 20%%)",
     )
     ap.add_argument("--update", action="store_true", help="replace only the rows of --variants in --out")
     args = ap.parse_args()

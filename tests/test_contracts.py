@@ -106,3 +106,17 @@ def test_readme_recipe_table_matches_recipes_folder():
         stated = re.search(r"(\d+)%", rows[name])
         if stated:
             assert round(100 * sum(ratios)) == int(stated.group(1)), f"{name}: README says {stated.group(0)}"
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
+)
+def test_every_benchmark_script_explains_itself(script):
+    """`--help` runs (argparse %-formats help strings: a bare '20%' once broke one) and names its purpose."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr[-500:]

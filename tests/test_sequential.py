@@ -128,15 +128,18 @@ def test_bf16_stays_bf16_and_matches_in_memory(tmp_path, tokenizer, text_file):
     assert seq.keys() == mem.keys() and all(torch.equal(seq[k], mem[k]) for k in mem)
 
 
-def test_missing_shard_is_one_line_and_writes_nothing(tmp_path, tokenizer, text_file, capsys):
+@pytest.mark.parametrize("mode", [["--sequential"], []])
+def test_missing_shard_is_one_line_and_writes_nothing(tmp_path, tokenizer, text_file, capsys, mode):
     src = _source(tmp_path, tokenizer, "llama", False)
     shard = sorted(src.glob("model-*.safetensors"))[1]
     shard.unlink()
     out = tmp_path / "out"
-    args = ["prune", "--model", str(src), "--out", str(out), "--criterion", "wanda", "--sequential"]
+    args = ["prune", "--model", str(src), "--out", str(out), "--criterion", "wanda", *mode]
     code, _, err = run_cli([*args, "--data", str(text_file), "--n-samples", "2", "--seq-len", "16"], capsys)
     assert code == 1 and f"names shards that are not in {src}: {shard.name}" in err and err.count("\n") == 1, err
     assert not out.exists() and not list(tmp_path.glob(".out.partial*"))
+    code, _, err = run_cli(["eval", "--model", str(src), "--data", str(text_file)], capsys)
+    assert code == 1 and f"names shards that are not in {src}: {shard.name}" in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize(

@@ -81,9 +81,13 @@ def check_config(path: Path) -> None:
 
 
 def check_safetensors(path: Path) -> None:
-    """Open every shard's header so a truncated or corrupt file fails here with a clear message."""
+    """Open every shard's header so a truncated or corrupt file fails here with a clear message; an index
+    naming shards that are not there fails too."""
     from safetensors import safe_open
 
+    from slimdeploy.load.onload import index_weight_map
+
+    index_weight_map(path)
     shards = sorted(path.glob("*.safetensors"))
     if not shards and (list(path.glob("*.bin")) or list(path.glob("*.pt")) or list(path.glob("*.pth"))):
         raise SlimdeployError(

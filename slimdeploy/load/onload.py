@@ -16,6 +16,25 @@ import torch
 from slimdeploy.errors import SlimdeployError
 
 
+def index_weight_map(model_dir: Path) -> dict[str, str] | None:
+    """The weight map of `model.safetensors.index.json` (None without one), refused when it is not one or
+    names shards that are not in the folder."""
+    index = Path(model_dir) / "model.safetensors.index.json"
+    if not index.exists():
+        return None
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SlimdeployError(f"{index} is not a safetensors index ({exc}); re-export the model") from None
+    missing = sorted({f for f in weight_map.values() if not (Path(model_dir) / f).exists()})
+    if missing:
+        raise SlimdeployError(
+            f"{index} names shards that are not in {model_dir}: {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}; download the missing files or re-export the model"
+        )
+    return weight_map
+
+
 class WeightIndex:
     """Tensor name -> safetensors file, from `model.safetensors.index.json` or the shards' own headers.
 
@@ -25,19 +44,9 @@ class WeightIndex:
         from safetensors import safe_open
 
         self.dir = Path(model_dir)
-        index = self.dir / "model.safetensors.index.json"
         self.files: dict[str, Path] = {}
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise SlimdeployError(f"{index} is not a safetensors index ({exc}); re-export the model") from None
-            missing = sorted({f for f in weight_map.values() if not (self.dir / f).exists()})
-            if missing:
-                raise SlimdeployError(
-                    f"{index} names shards that are not in {self.dir}: {', '.join(missing[:3])}"
-                    f"{' ...' if len(missing) > 3 else ''}; download the missing files or re-export the model"
-                )
+        weight_map = index_weight_map(self.dir)
+        if weight_map is not None:
             self.files = {name: self.dir / f for name, f in weight_map.items()}
         else:
             shards = sorted(self.dir.glob("*.safetensors"))

@@ -155,3 +155,14 @@ def test_compress_in_bf16_keeps_bf16_and_checks_merge_in_fp32(tmp_path, capsys):
     assert "dtype: bf16" in (out / "recipe.yaml").read_text()
     code, _, err = run_cli(["compress", "--recipe", str(recipe), "--out", str(out), "--dtype", "fp8"], capsys)
     assert code == 1 and "unknown dtype 'fp8'" in err and err.count("\n") == 1, err
+
+
+def test_lora_weights_stay_fp32_on_a_bf16_base():
+    from slimdeploy.load.tiny import build_tiny_model
+    from slimdeploy.recover.config import RecoverConfig
+    from slimdeploy.recover.train import attach_lora
+
+    peft_model = attach_lora(build_tiny_model("llama").to(torch.bfloat16), RecoverConfig(rank=4, steps=1))
+    params = dict(peft_model.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}  # optimizer state in fp32
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}  # the base is not upcast

@@ -163,7 +163,8 @@ def prune_sequential(
     # pass 2: update, slice, write; activations again only when the update needs covariances
     hidden = [] if update == "none" else _layer0_inputs(model, index, batches, device, dtype)[0]
     keep = plan.layers_keep if plan.layers_keep is not None else list(range(n))
-    n_shards = len(keep) + 1
+    rest = rest_names(model, index)  # embeddings, final norm, LM head: one shard each, after the layers
+    n_shards = len(keep) + len(rest)
     weight_map: dict[str, str] = {}
     for li, (layer, lp) in enumerate(zip(layers, plan.layers)):
         if li not in keep and update == "none":
@@ -191,10 +192,12 @@ def prune_sequential(
     if plan.layers_keep is not None:
         drop_layers(model, plan.layers_keep)
     sync_config(model)
-    # embeddings, final norm, LM head: untouched by structured pruning, copied from the source in `dtype`
-    rest = {k: v.to(dtype) for k, v in index.read(rest_names(model, index)).items()}
-    weight_map |= _write_shard(out_dir / f"model-{n_shards:05d}-of-{n_shards:05d}.safetensors", rest)
-    del rest
+    # embeddings, final norm, LM head: untouched by structured pruning, copied from the source in `dtype`,
+    # one tensor (and one shard) at a time: a 128k-vocabulary embedding is 1 GB in bf16
+    for j, name in enumerate(rest, start=len(keep) + 1):
+        tensor = {name: index.read([name])[name].to(dtype)}
+        weight_map |= _write_shard(out_dir / f"model-{j:05d}-of-{n_shards:05d}.safetensors", tensor)
+        del tensor
     p1 = sum(p.numel() for p in model.parameters())
     if p1 != plan.predicted_params:
         raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {p1}")

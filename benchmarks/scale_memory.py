@@ -90,6 +90,14 @@ def write_shape(name: str, folder: Path, layers: int | None = None) -> int:
     return size
 
 
+def commit() -> str | None:
+    """The code's git commit (rows measured at different commits say so)."""
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return proc.stdout.strip() or None
+
+
 def run_prune(model_dir: Path, out: Path, criterion: str, n_samples: int, seq_len: int) -> dict:
     cmd = [sys.executable, "-m", "slimdeploy", "--quiet", "prune", "--model", str(model_dir), "--out", str(out)]
     cmd += ["--force", "--sequential", "--criterion", criterion, "--dtype", "bf16", "--ratio", "0.2"]
@@ -137,6 +145,7 @@ def main() -> int:
                 "seconds": r["seconds"],
                 "removed_fraction": round(r["removed_fraction"], 4),
                 "calibration_tokens": args.n_samples * args.seq_len,
+                "commit": commit(),
             }
             key = (shape, crit, row["layers"])
             rows = [x for x in rows if (x["shape"], x["criterion"], x["layers"]) != key] + [row]

@@ -203,3 +203,29 @@ def test_nan_in_the_source_is_refused_and_nothing_written(tmp_path, tokenizer, t
     with pytest.raises(SlimdeployError, match="model.layers.2.input_layernorm.weight contains NaN"):
         prune_to_dir(str(src), cfg, tmp_path / "out", sequential=True)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial*"))
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 23])  # one block per chunk, and all blocks at once
+def test_obs_costs_in_chunks_match_the_formula(monkeypatch, chunk):
+    from slimdeploy.score import surgeon
+
+    monkeypatch.setattr(surgeon, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 8, generator=g)
+    X = torch.randn(40, 8, generator=g)
+    A = (X.T @ X / 40).double()
+    A_inv = torch.linalg.inv(A)
+    G = torch.eye(6, dtype=torch.float64) * 2
+    blocks = torch.arange(8).view(4, 2)
+    cols = surgeon.column_costs(W, A_inv, None, blocks)
+    cols_g = surgeon.column_costs(W, A_inv, G, blocks)
+    rows = surgeon.row_costs(W, A, None, torch.arange(6).view(3, 2))
+    Wd = W.double()
+    for j, c in enumerate(blocks):  # 1/2 tr([A^-1]_CC^-1 W_C^T G W_C), written out
+        wc = Wd[:, c]
+        inner = torch.linalg.inv(A_inv[c][:, c])
+        assert cols[j].item() == pytest.approx(0.5 * torch.trace(inner @ wc.T @ wc).item(), rel=1e-10)
+        assert cols_g[j].item() == pytest.approx(0.5 * torch.trace(inner @ wc.T @ G @ wc).item(), rel=1e-10)
+    for j, r in enumerate(torch.arange(6).view(3, 2)):  # 1/2 tr(W_R A W_R^T) with G = I
+        wr = Wd[r]
+        assert rows[j].item() == pytest.approx(0.5 * torch.trace(wr @ A @ wr.T).item(), rel=1e-10)

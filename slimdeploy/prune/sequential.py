@@ -73,8 +73,15 @@ def check_sequential(config: PruneConfig) -> None:
     resolve_update(config)
 
 
+def _last_use(st) -> None:
+    """These statistics are dropped after this use: A_inv may free each covariance sum once inverted."""
+    for inp in st.inputs.values():
+        inp.keep_cov = False
+
+
 def _layer_scores(config: PruneConfig, layer, st) -> dict[str, torch.Tensor]:
     """One layer's group scores, from the criterion's own function given only that layer."""
+    _last_use(st)
     inp = ScoreInputs(None, None, config.seed + 1, [layer_layout(layer)], [linears(layer)], stats=[st])
     (scores,) = get_criterion(config.criterion).function()(inp)
     for kind, v in scores.items():
@@ -175,6 +182,7 @@ def prune_sequential(
         onload_layer(layer, prefixes[li], index, device, dtype)
         if update != "none":
             st = layer_input_stats(layer, hidden, kwargs, with_cov=True)  # outputs of the dense layer
+            _last_use(st)
             if lp is not None:
                 obs_update_layer(layer, lp, st, update)
             del st

@@ -24,6 +24,7 @@ class InputStats:
     sum: torch.Tensor | None = None
     sumsq: torch.Tensor | None = None
     cov: torch.Tensor | None = None  # sum of x x^T, accumulated in fp32
+    keep_cov: bool = True  # False: A_inv frees the sum (sequential pruning, where the inverse is its last use)
 
     def add(self, x: torch.Tensor, with_cov: bool) -> None:
         x = x.detach().reshape(-1, x.shape[-1])
@@ -59,11 +60,15 @@ class InputStats:
 
     def A_inv(self, damp: float = 0.01) -> torch.Tensor:
         """damped_inverse(A) in fp64 without an fp32 copy of A: (S/n + d/n I)^-1 = n (S + d I)^-1 for the
-        sum S (at a 14,336-wide MLP input that copy is 0.8 GB of the sequential path's peak)."""
+        sum S (at a 14,336-wide MLP input that copy is 0.8 GB of the sequential path's peak). With
+        `keep_cov` off the sum is freed once copied to fp64 (0.8 GB more): the inverse is its last use."""
         from slimdeploy.score.surgeon import damped_inverse
 
-        assert self.cov is not None, "no covariance recorded (with_cov was off)"
-        return damped_inverse(self.cov, damp).mul_(self.n)
+        assert self.cov is not None, "no covariance recorded (with_cov was off, or it was freed by A_inv)"
+        Md = self.cov.double()
+        if not self.keep_cov:
+            self.cov = None
+        return damped_inverse(Md, damp, overwrite=True).mul_(self.n)
 
 
 @dataclass

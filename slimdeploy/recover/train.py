@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 from slimdeploy.recover.losses import step_loss
 from slimdeploy.recover.teacher_cache import load_topk
-from slimdeploy.utils.distributed import average, average_grads, barrier, gather, world
+from slimdeploy.utils.distributed import average, barrier, data_parallel, gather, world
 from slimdeploy.utils.memory import peak_rss_mb
 
 
@@ -114,6 +115,20 @@ def heldout_loss(model, blocks: torch.Tensor, cfg: RecoverConfig, max_blocks: in
     return sum(losses) / max(1, len(losses))
 
 
+class _StepLoss(torch.nn.Module):
+    """One micro-batch's loss as a module's forward, so DDP can wrap it (the loss runs the decoder and the
+    LM head separately, recover/losses.py, not the model's own forward). The teacher is not registered:
+    DDP never touches it."""
+
+    def __init__(self, model, cfg: RecoverConfig, teacher=None):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+        self.__dict__["teacher"] = teacher
+
+    def forward(self, x: torch.Tensor, teacher_topk=None) -> torch.Tensor:
+        return step_loss(self.model, x, self.cfg, self.__dict__["teacher"], teacher_topk=teacher_topk)
+
+
 @dataclass
 class RecoverResult:
     model: Any  # the PEFT model: adapters not merged yet
@@ -169,6 +184,8 @@ def recover(
         start, history = _load_ckpt(ckpt, peft_model, opt)
     if ctl:
         ctl.attach(peft_model)
+    # under torchrun, PyTorch DDP averages the LoRA gradients over the ranks (frozen base replicated)
+    loss_fn = data_parallel(_StepLoss(peft_model, cfg, teacher)) if n_ranks > 1 else _StepLoss(peft_model, cfg, teacher)
     t0, tokens = time.perf_counter(), 0
     for step in range(start, total):
         for g in opt.param_groups:
@@ -177,13 +194,13 @@ def recover(
         for micro in range(cfg.grad_accum):
             x = mix.batch(step, micro, cfg)[rank::n_ranks]  # this rank's rows of the global batch
             cached = load_topk(teacher_topk_dir, step, micro, rank) if teacher_topk_dir else None
-            loss = step_loss(peft_model, x, cfg, teacher, teacher_topk=cached) / cfg.grad_accum
-            loss.backward()
+            last = micro == cfg.grad_accum - 1  # DDP all-reduces once per step, at the last micro-batch
+            with nullcontext() if last or n_ranks == 1 else loss_fn.no_sync():
+                loss = loss_fn(x, cached) / cfg.grad_accum
+                loss.backward()
             loss_sum += loss.item()
             tokens += x.numel()
-        if n_ranks > 1:  # the mean over ranks of equal-sized shares = the global batch's gradient
-            average_grads(_trainable(peft_model))
-            loss_sum = average(loss_sum)
+        loss_sum = average(loss_sum)  # the mean over ranks of equal-sized shares: the global batch's loss
         if not math.isfinite(loss_sum):
             raise SlimdeployError(f"recovery diverged at step {step + 1} (loss {loss_sum}); lower lr")
         torch.nn.utils.clip_grad_norm_(_trainable(peft_model), 1.0)

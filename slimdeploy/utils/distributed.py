@@ -1,10 +1,9 @@
 """Data parallelism for recovery, on the launcher's own process group (`torchrun --nproc-per-node N`).
 
 torchrun sets RANK / WORLD_SIZE / MASTER_ADDR; `init_from_env` joins that group (NCCL on CUDA, gloo on the
-CPU). Each rank trains on its rows of every global batch and the LoRA gradients are averaged with one
-all-reduce per step (what DDP does, done by hand because the loss runs the model's parts, not its forward),
-so N ranks end with the weights of one process on the same global batch. Frozen base weights are
-replicated; only rank 0 writes files.
+CPU). Each rank trains on its rows of every global batch and PyTorch DDP averages the LoRA gradients (one
+all-reduce per optimizer step), so N ranks end with the weights of one process on the same global batch.
+Frozen base weights are replicated; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -44,22 +43,15 @@ def init_from_env(device: str = "cpu") -> tuple[int, int]:
     return world()
 
 
-def average_grads(params: list[torch.nn.Parameter]) -> None:
-    """Replace every gradient by its mean over the ranks (one flat all-reduce)."""
-    import torch.distributed as dist
+def data_parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """PyTorch DDP over the running process group: gradients of the trainable parameters (the LoRA weights)
+    averaged over the ranks in backward; frozen parameters are left alone."""
+    from torch.nn.parallel import DistributedDataParallel
 
-    _, n = world()
-    if n == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
-    dist.all_reduce(flat)
-    flat /= n
-    offset = 0
-    for p, g in zip(params, grads, strict=True):
-        k = g.numel()
-        p.grad = flat[offset : offset + k].view_as(g).to(g.dtype)
-        offset += k
+    device = next(module.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    # every rank loaded the same weights and LoRA init (seeded): no start-up broadcast of the whole base
+    return DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False, init_sync=False)
 
 
 def average(value: float) -> float:

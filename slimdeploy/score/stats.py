@@ -64,11 +64,15 @@ class InputStats:
         `keep_cov` off the sum is freed once copied to fp64 (0.8 GB more): the inverse is its last use."""
         from slimdeploy.score.surgeon import damped_inverse
 
+        # the fp64 copy goes to damped_inverse as a temporary: no name here keeps it alive beside the factor
+        return damped_inverse(self._fp64_sum(), damp, overwrite=True).mul_(self.n)
+
+    def _fp64_sum(self) -> torch.Tensor:
         assert self.cov is not None, "no covariance recorded (with_cov was off, or it was freed by A_inv)"
-        Md = self.cov.double()
+        out = self.cov.double()
         if not self.keep_cov:
             self.cov = None
-        return damped_inverse(Md, damp, overwrite=True).mul_(self.n)
+        return out
 
 
 @dataclass

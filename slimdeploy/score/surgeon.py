@@ -24,12 +24,13 @@ import torch
 def damped_inverse(M: torch.Tensor, damp: float = 0.01, overwrite: bool = False) -> torch.Tensor:
     """(M + damp * mean(diag M) I)^-1 in float64: calibration covariances are often rank-deficient.
 
-    Through a Cholesky factor, in place on one fp64 copy (`overwrite`: on M itself when it is fp64): two n x n
-    fp64 buffers at the peak instead of five (an identity, a sum, LU workspace): 3.3 GB rather than 8 GB
-    for a 14,336-wide MLP (Llama-3.1-8B)."""
+    Through a Cholesky factor, in place on one fp64 copy (`overwrite`: on M itself when it is fp64, which the
+    caller then must not hold: pass it as a temporary): two n x n fp64 buffers at the peak instead of five
+    (an identity, a sum, LU workspace): 3.3 GB rather than 8 GB for a 14,336-wide MLP (Llama-3.1-8B)."""
     Md = M.double()
     if Md.data_ptr() == M.data_ptr() and not overwrite:
         Md = Md.clone()  # never modify the caller's tensor unless asked
+    del M  # with `overwrite` Md may be M: once the factor exists, nothing here may keep it alive
     lam = damp * Md.diagonal().mean().clamp_min(1e-12)
     Md.diagonal().add_(lam)
     L, info = torch.linalg.cholesky_ex(Md)

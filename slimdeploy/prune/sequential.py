@@ -90,12 +90,18 @@ def _layer_scores(config: PruneConfig, layer, st) -> dict[str, torch.Tensor]:
     return scores
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """isfinite a slice at a time: on a whole 1 GB bf16 embedding its temporaries cost 1.5 GB (measured)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i : i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
 def _write_shard(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """One safetensors file; refuses NaN/Inf (in the source, or made by the update), naming the tensor."""
     from safetensors.torch import save_file
 
     for name, t in tensors.items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and not _all_finite(t):
             raise SlimdeployError(f"weight {name} contains NaN or Inf after pruning; check the source model")
 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})

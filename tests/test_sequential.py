@@ -229,3 +229,20 @@ def test_obs_costs_in_chunks_match_the_formula(monkeypatch, chunk):
     for j, r in enumerate(torch.arange(6).view(3, 2)):  # 1/2 tr(W_R A W_R^T) with G = I
         wr = Wd[r]
         assert rows[j].item() == pytest.approx(0.5 * torch.trace(wr @ A @ wr.T).item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 23])
+def test_column_update_in_chunks_matches_the_formula(monkeypatch, chunk):
+    from slimdeploy.score import surgeon
+
+    monkeypatch.setattr(surgeon, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(1)
+    W = torch.randn(5, 9, generator=g)
+    X = torch.randn(30, 9, generator=g)
+    A_inv = torch.linalg.inv((X.T @ X / 30).double())
+    removed = torch.tensor([1, 4, 7])
+    expected = W.double() - W.double()[:, removed] @ torch.linalg.inv(A_inv[removed][:, removed]) @ A_inv[removed]
+    expected[:, removed] = 0  # dW = -W_:C [A^-1]_CC^-1 [A^-1]_C: , removed columns zero
+    got = surgeon.remove_columns_update(W, A_inv, removed)
+    assert got.dtype == W.dtype
+    torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)

@@ -88,6 +88,23 @@ def resolve_update(config: PruneConfig) -> str:
     return update
 
 
+def prune_report(model, p0: int, config: PruneConfig, update: str, shots: list[dict], t0: float) -> dict:
+    """What prune (in memory or sequential) reports; refuses a run that removed nothing."""
+    p1 = sum(p.numel() for p in model.parameters())
+    if p1 == p0:
+        raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
+    return {
+        "params_before": p0,
+        "params_after": p1,
+        "removed_fraction": 1 - p1 / p0,
+        "criterion": config.criterion,
+        "update": update,
+        "shots": shots,
+        "widths": current_widths(model),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
 def prune(
     model, config: PruneConfig, batches: torch.Tensor | None, progress=None, record: PruneRecord | None = None
 ) -> tuple[dict, PruneRecord]:
@@ -120,17 +137,5 @@ def prune(
         if after != plan.predicted_params:
             raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {after}")
         shots.append({"shot": shot, "params": after})
-    p1 = sum(p.numel() for p in model.parameters())
-    if p1 == p0:
-        raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
-    report = {
-        "params_before": p0,
-        "params_after": p1,
-        "removed_fraction": 1 - p1 / p0,
-        "criterion": config.criterion,
-        "update": update,
-        "shots": shots,
-        "widths": current_widths(model),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    report = prune_report(model, p0, config, update, shots, t0)
     return report, record

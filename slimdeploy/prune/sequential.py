@@ -36,8 +36,8 @@ from slimdeploy.load.onload import (
     rest_names,
     skeleton,
 )
-from slimdeploy.prune.api import make_budget, obs_update_layer, resolve_update
-from slimdeploy.prune.apply import current_widths, slice_layer, sync_config
+from slimdeploy.prune.api import make_budget, obs_update_layer, prune_report, resolve_update
+from slimdeploy.prune.apply import slice_layer, sync_config
 from slimdeploy.prune.config import PruneConfig
 from slimdeploy.prune.plan import make_plan, standardize_per_layer
 from slimdeploy.prune.record import PruneRecord
@@ -230,8 +230,6 @@ def prune_sequential(
     p1 = sum(p.numel() for p in model.parameters())
     if p1 != plan.predicted_params:
         raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {p1}")
-    if p1 == p0:
-        raise SlimdeployError("pruning removed nothing; raise the ratio or add structures")
     model.config.dtype = dtype
     model.config.save_pretrained(out_dir)
     total_bytes = sum((out_dir / f).stat().st_size for f in set(weight_map.values()))
@@ -243,16 +241,9 @@ def prune_sequential(
             if f.is_file():
                 shutil.copy2(f, out_dir / f.name)
     record.save(out_dir)
-    report = {
-        "params_before": p0,
-        "params_after": p1,
-        "removed_fraction": 1 - p1 / p0,
-        "criterion": config.criterion,
-        "update": update,
+    report = prune_report(model, p0, config, update, [{"shot": 1, "params": p1}], t0)
+    report |= {
         "sequential": True,
-        "shots": [{"shot": 1, "params": p1}],
-        "widths": current_widths(model),
-        "seconds": round(time.perf_counter() - t0, 2),
         "seconds_per_layer": round(sum(layer_seconds) / n, 3),  # both passes, reading and writing included
         "layer_seconds": [round(x, 3) for x in layer_seconds],
         "peak_rss_mb": round(peak_rss_mb(), 1),

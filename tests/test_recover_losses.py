@@ -83,7 +83,9 @@ def test_teacher_device_is_checked_before_any_work(tmp_path):
     from slimdeploy.pipeline.runner import load_teacher
 
     with pytest.raises(SlimdeployError, match="no CUDA device here"):
-        load_teacher(None, "bf16", "cuda", False)
+        from slimdeploy.recipe.schema import RecoverStage
+
+        load_teacher(None, RecoverStage(kind="recover", teacher_dtype="bf16", teacher_device="cuda"), "cpu", False)
 
 
 def test_compress_refuses_a_cuda_teacher_without_a_gpu_in_preflight(tmp_path, capsys):

@@ -29,7 +29,7 @@ from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, r
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe, RecoverStage
 from slimdeploy.utils.device import resolve_device
-from slimdeploy.utils.distributed import broadcast, world
+from slimdeploy.utils.distributed import broadcast, init_from_env, world
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -96,8 +96,6 @@ def run(
 
     Under `torchrun --nproc-per-node N`, rank 0 runs the pipeline and writes everything; the other ranks
     join only the recover stages (data-parallel, utils/distributed.py) and return None."""
-    from slimdeploy.utils.distributed import init_from_env
-
     model_spec = model_spec or recipe.model
     if init_from_env(resolve_device(recipe.device))[0] > 0:
         return _follow(recipe, model_spec, trust_remote_code)
@@ -132,8 +130,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         start = 0
     kd = [s for s in recipe.stages[start:] if isinstance(s, RecoverStage) and s.kd_weight > 0]
     if kd:  # the unpruned model, in the dtype and on the device the first distilling stage asks for
-        where = device if kd[0].teacher_device == "same" else kd[0].teacher_device
-        state.teacher = load_teacher(model_spec, kd[0].teacher_dtype, where, trust_remote_code)
+        state.teacher = load_teacher(model_spec, kd[0], device, trust_remote_code)
     n = len(recipe.stages)
     for i, cfg in enumerate(recipe.stages[start:], start=start):
         if isinstance(cfg, RecoverStage) and world()[1] > 1:  # the other ranks resume from here and join
@@ -189,16 +186,17 @@ def _follow(recipe: Recipe, model_spec: str | None, trust_remote_code: bool) -> 
         cfg = recipe.stages[i]
         assert isinstance(cfg, RecoverStage)
         if cfg.kd_weight > 0:
-            where = device if cfg.teacher_device == "same" else cfg.teacher_device
-            state.teacher = load_teacher(model_spec, cfg.teacher_dtype, where, trust_remote_code)
+            state.teacher = load_teacher(model_spec, cfg, device, trust_remote_code)
         ctx = StageContext(recipe, model_spec, Path(msg["work"]), trust_remote_code, None, device)
         stage_function(cfg)(state, cfg, ctx)
     return None
 
 
-def load_teacher(model_spec: str | None, dtype: str, device: str, trust_remote_code: bool):
-    resolve_device(device, "recover.teacher_device")  # before the teacher's weights are read
-    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False, device=device).model
+def load_teacher(model_spec: str | None, cfg: RecoverStage, device: str, trust_remote_code: bool):
+    """The unpruned model in the dtype and on the device `cfg` asks for (`same`: the student's `device`)."""
+    where = device if cfg.teacher_device == "same" else cfg.teacher_device
+    resolve_device(where, "recover.teacher_device")  # before the teacher's weights are read
+    teacher = load_model(model_spec, cfg.teacher_dtype, trust_remote_code, with_tokenizer=False, device=where).model
     return teacher.eval().requires_grad_(False)
 
 

@@ -76,6 +76,10 @@ def main() -> int:
         return 0
     out = Path(args.out)
     doc = json.loads(out.read_text()) if args.resume and out.exists() else {"settings": vars(args), "rows": []}
+    same = ("recover_tokens", "ppl_tokens", "limit", "lr")  # rows are comparable only at equal budgets
+    if any(doc["settings"].get(k) != getattr(args, k) for k in same):
+        print(f"--resume: {args.out} was made with other settings ({', '.join(same)}); pass the same or a new --out")
+        return 2
     done = {(r["method"], r.get("ratio")) for r in doc["rows"]}
 
     def save(row: dict) -> None:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from slimdeploy.load.tiny import build_tiny_model
+from slimdeploy.recover import losses
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.losses import lm_kd_loss, step_loss
 from slimdeploy.recover.train import attach_lora
@@ -27,7 +28,11 @@ def _reference(student, teacher, x, w: float, T: float) -> torch.Tensor:
 
 @pytest.mark.parametrize("w,T", [(0.0, 1.0), (0.5, 1.0), (1.0, 2.0)])
 @pytest.mark.parametrize("tied", [False, True])
-def test_sliced_loss_and_grads_equal_full_logits(w, T, tied):
+@pytest.mark.parametrize("recompute", [True, False])
+def test_sliced_loss_and_grads_equal_full_logits(w, T, tied, recompute, monkeypatch):
+    # recompute: slices of logits recomputed in backward (big batches); else the head runs once (small ones)
+    monkeypatch.setattr(losses, "RECOMPUTE_ABOVE", 0 if recompute else 1 << 28)
+    monkeypatch.setattr(losses, "LOGITS_BUDGET", 300 * 10)  # 10-token slices: several per batch
     teacher = build_tiny_model("qwen2", tied=tied, seed=1, vocab_size=300)
     cfg = RecoverConfig(rank=4, kd_weight=w, kd_temperature=T, bf16=False, steps=1)
     student = attach_lora(build_tiny_model("qwen2", tied=tied, seed=2, vocab_size=300), cfg)

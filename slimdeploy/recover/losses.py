@@ -2,9 +2,10 @@
 
 Why: with a real vocabulary the logits dominate memory. SmolLM2 (49,152 tokens) at 8 x 512 tokens holds
 0.8 GB per fp32 logits tensor; the LM loss, the student's and the teacher's log-softmax, the KL and their
-gradients kept about ten of them alive (17 GB peak). Here the LM head runs on `chunk` tokens at a time
-inside activation checkpointing, so only one slice of logits exists at once (forward and backward); the
-result equals the full computation (tests/test_recover_losses.py).
+gradients kept about ten of them alive (17 GB peak). Here, when a batch's logits exceed RECOMPUTE_ABOVE, the
+LM head runs on `chunk` tokens at a time inside activation checkpointing, so only one slice of logits exists
+at once (forward and backward); smaller batches run it once, as fast as a plain loop. Both equal the full
+computation (tests/test_recover_losses.py).
 
 lm_kd_loss is a pure tensor function (hidden states and head weights in, a scalar out); step_loss runs the
 student (and teacher) decoder on one batch and calls it.
@@ -21,6 +22,9 @@ from slimdeploy.recover.config import RecoverConfig
 
 IGNORE = -100
 LOGITS_BUDGET = 1 << 25  # fp32 elements of one logits slice (128 MB): sets the chunk from the vocabulary
+# Up to this many fp32 logits per batch (student + teacher; 1 GB) the head runs once, kept for backward, as a
+# plain training loop does; above it, a slice at a time with recompute (costs ~10% of a step on SmolLM2).
+RECOMPUTE_ABOVE = 1 << 28
 
 
 def chunk_tokens(vocab: int) -> int:
@@ -69,7 +73,9 @@ def lm_kd_loss(
     h = hidden.flatten(0, 1)
     full = use_kd and not topk
     th = teacher_hidden.flatten(0, 1).detach().to(h.device) if full else None
-    chunk = chunk or chunk_tokens(head.weight.shape[0])
+    n_logits = h.shape[0] * head.weight.shape[0] * (2 if full else 1)
+    whole = chunk is None and n_logits <= RECOMPUTE_ABOVE
+    chunk = h.shape[0] if whole else chunk or chunk_tokens(head.weight.shape[0])
     # the teacher may sit on another device: its head (vocab x hidden, not the whole model) comes over
     t_w = teacher_head.weight.detach().to(h.device) if full else None
     t_b = teacher_head.bias.detach().to(h.device) if full and teacher_head.bias is not None else None
@@ -78,10 +84,12 @@ def lm_kd_loss(
     for i in range(0, h.shape[0], chunk):
         args = (h[i : i + chunk], labels[i : i + chunk], th[i : i + chunk] if full else None)
         cached = (tv[i : i + chunk], ti[i : i + chunk]) if topk else (None, None)
-        # Recompute this slice's logits in backward instead of keeping them: memory is one slice
-        ce, kl = checkpoint(
-            _slice_sums, *args, head.weight, head.bias, t_w, t_b, temperature, *cached, use_reentrant=False
-        )
+        if whole:
+            ce, kl = _slice_sums(*args, head.weight, head.bias, t_w, t_b, temperature, *cached)
+        else:  # recompute this slice's logits in backward instead of keeping them: memory is one slice
+            ce, kl = checkpoint(
+                _slice_sums, *args, head.weight, head.bias, t_w, t_b, temperature, *cached, use_reentrant=False
+            )
         ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
     n_lm = (labels != IGNORE).sum().clamp(min=1)
     lm = ce_sum / n_lm

@@ -2,7 +2,7 @@
 LLM-Pruner-equivalent run at the same token budget (issue 13's table).
 
     python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
-        [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500]
+        [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500] [--shots 1]
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
@@ -66,6 +66,7 @@ def main() -> int:
     ap.add_argument("--ppl-tokens", type=int, default=40_960)
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--shots", type=int, default=1, help="surgeon shots for `ours` (rows keep their shots)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
     ap.add_argument("--work", default=".cache/smollm2_bench")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
@@ -80,7 +81,7 @@ def main() -> int:
     if any(doc["settings"].get(k) != getattr(args, k) for k in same):
         print(f"--resume: {args.out} was made with other settings ({', '.join(same)}); pass the same or a new --out")
         return 2
-    done = {(r["method"], r.get("ratio")) for r in doc["rows"]}
+    done = {(r["method"], r.get("ratio"), r.get("shots", 1)) for r in doc["rows"]}
 
     def save(row: dict) -> None:
         doc["rows"].append(row)
@@ -91,20 +92,20 @@ def main() -> int:
     base = load_model("zoo:smollm2-135m-instruct", "fp32")
     tok = base.tokenizer
     p0 = sum(p.numel() for p in base.model.parameters())
-    if ("dense", None) not in done:
+    if ("dense", None, 1) not in done:
         save({"method": "dense", "ratio": None, "params": p0, **evaluate(base.model, tok, shared, args)})
     c4, alpaca = str(shared / "text" / "c4-demo.jsonl"), str(shared / "instruct" / "alpaca-en-demo-999.json")
     calib, calib_fp = calibration_data(tok, c4, 64, 512, seed=0)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for method in args.methods.split(","):
-            if (method, ratio) in done:
-                continue
             ours = method == "ours"
+            shots = args.shots if ours else 1  # LLM-Pruner prunes in one shot
+            if (method, ratio, shots) in done:
+                continue
             model = copy.deepcopy(base.model)
             t0 = time.time()
-            pcfg = PruneConfig(
-                ratio=ratio, criterion="surgeon" if ours else "taylor", structures=["mlp", "head"], round_to=64
-            )
+            criterion = "surgeon" if ours else "taylor"
+            pcfg = PruneConfig(ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64, shots=shots)
             prune(model, pcfg, calib)
             prune_s = time.time() - t0
             pruned = evaluate(model, tok, shared, args)
@@ -122,6 +123,7 @@ def main() -> int:
                     "method": method,
                     "ratio": ratio,
                     "criterion": pcfg.criterion,
+                    "shots": shots,
                     "kept": sum(p.numel() for p in merged.parameters()) / p0,
                     "pruned": pruned,
                     "recovered": evaluate(merged, tok, shared, args),

@@ -6,7 +6,7 @@ LLM-Pruner-equivalent run at the same token budget (issue 13's table).
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
-  ours        : The LLM Surgeon (K-FAC OBS costs + weight update) on C4 calibration, LoRA r16 with
+  ours        : The LLM Surgeon (K-FAC OBS costs + weight update, --shots) on C4 calibration, LoRA r16 with
                 0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
   llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
                 only on the Alpaca data, as LLM-Pruner recovers

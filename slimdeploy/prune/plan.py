@@ -81,12 +81,15 @@ def choose_uniform_widths(
     tp: int,
     attn_share: float | None,
     layers: list[int],
+    lay: LayerLayout,
+    strict: bool = True,
 ) -> tuple[int, int, int, int]:
-    """Search (kv kept, heads per kv, mlp kept) shared by `layers` that removes closest to `target_remove`.
+    """Search (kv kept, heads per kv, mlp kept) of layout `lay`, applied to each of `layers`, that removes
+    closest to `target_remove`.
 
     Among options within tolerance of the target, the one whose attention removal is closest to `attn_share`
-    (default: attention's share of the prunable parameters, i.e. the same fraction from both)."""
-    lay = b.layouts[layers[0]]
+    (default: attention's share of the prunable parameters, i.e. the same fraction from both). `strict`: refuse
+    a result more than 2% of the parameters off (global allocation re-counts the MLP removal afterwards)."""
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
     m_full = 3 * b.hidden * lay.intermediate
     share = attn_share if attn_share is not None else a_full / (a_full + m_full)
@@ -107,8 +110,8 @@ def choose_uniform_widths(
     if best is None:
         raise SlimdeployError(f"no head/channel widths satisfy hidden_size {b.hidden} and tp_size {tp}")
     k, r, m, removed = best
-    if abs(removed - target_remove) > 0.02 * b.total_params:
-        max_rm = max_removable(b, kinds, round_to, tp, layers)
+    if strict and abs(removed - target_remove) > 0.02 * b.total_params:
+        max_rm = max_removable(b, kinds, round_to, tp, layers, lay)
         raise SlimdeployError(
             f"cannot remove {target_remove / b.total_params:.1%} of the parameters with {sorted(kinds)} "
             f"(round_to {round_to}, tp_size {tp}): achievable up to {max_rm / b.total_params:.1%}; closest is "
@@ -117,13 +120,30 @@ def choose_uniform_widths(
     return k, r, m, removed
 
 
-def max_removable(b: Budget, kinds: set[str], round_to: int, tp: int, layers: list[int]) -> int:
-    lay = b.layouts[layers[0]]
+def max_removable(b: Budget, kinds: set[str], round_to: int, tp: int, layers: list[int], lay: LayerLayout) -> int:
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
     opts = _attention_options(lay, b.hidden, kinds, tp)
     a_min = min(_attn_params(k, r, lay, b.hidden, b.qkv_bias) for k, r in opts) if opts else a_full
     m_min = min(_mlp_options(lay, kinds, round_to, tp))
     return len(layers) * (a_full - a_min + 3 * b.hidden * (lay.intermediate - m_min))
+
+
+def reference_layout(b: Budget, layers: list[int], allocation: str) -> LayerLayout:
+    """The layout whose widths the search runs on. Uniform allocation needs the layers equal (one stock config
+    describes the result). Global takes the widest and counts the removal per layer from it, so layers left at
+    different widths (by an earlier global shot, or a per-layer checkpoint) still lose the requested share."""
+    lays = [b.layouts[i] for i in layers]
+    if all(lay == lays[0] for lay in lays):
+        return lays[0]
+    if allocation == "uniform":
+        raise SlimdeployError(
+            "the model's layers have different widths, and uniform allocation gives them all the same; "
+            "prune it with allocation global"
+        )
+    if len({(lay.head_dim, lay.q_per_kv) for lay in lays}) > 1:
+        raise SlimdeployError("layers differ in head_dim or query heads per KV group; prune MLP channels only")
+    kv = max(lay.kv_heads for lay in lays)
+    return LayerLayout(kv * lays[0].q_per_kv, kv, lays[0].head_dim, max(lay.intermediate for lay in lays))
 
 
 def top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -186,22 +206,30 @@ def make_plan(
         kinds = width_kinds
     live = layers_keep if layers_keep is not None else list(range(n_layers))
     plans: list[LayerPlan | None] = [None] * n_layers
-    if kinds and target > 0.005 * b.total_params:
+    widths_planned = bool(kinds) and target > 0.005 * b.total_params
+    if widths_planned:
         editable = [i for i in live if i >= protect_first and i < n_layers - protect_last]
         if not editable:
             raise SlimdeployError("every layer is protected; lower protect_first / protect_last")
-        k, r, m, _ = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, editable)
+        ref = reference_layout(b, editable, allocation)
+        glob = allocation == "global"
+        k, r, m, _ = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, editable, ref, strict=not glob)
         mlp_counts = {i: m for i in editable}
         kv_counts = {i: k for i in editable}
-        if allocation == "global":
-            mlp_counts, kv_counts = _global_counts(scores, b, editable, m, k, round_to, kinds)
+        if glob:
+            kv_rm = len(editable) * (ref.kv_heads - k)  # the uniform solution's KV groups, ranked across layers
+            mlp_counts, kv_counts = _global_counts(scores, b, editable, target, kv_rm, r, round_to, kinds)
         elif allocation != "uniform":
             raise SlimdeployError(f"unknown allocation {allocation!r}; choose uniform or global")
         for i in editable:
             lay, s = b.layouts[i], scores[i]
             heads_keep, kv_keep = select_heads(s["head"], s["kv"], kv_counts[i], r, lay.q_per_kv)
             plans[i] = LayerPlan(mlp_keep=top(s["mlp"], mlp_counts[i]), heads_keep=heads_keep, kv_keep=kv_keep)
-    return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=predict_params(b, plans, live))
+    predicted = predict_params(b, plans, live)
+    removed = 1 - predicted / b.total_params
+    if widths_planned and abs(removed - ratio) > 0.03:  # a plan this far off is a bug, not rounding
+        raise SlimdeployError(f"the plan removes {removed:.1%} of the parameters, not the {ratio:.1%} asked")
+    return PrunePlan(layers=plans, layers_keep=layers_keep, predicted_params=predicted)
 
 
 def standardize_per_layer(scores: list[dict]) -> list[dict]:
@@ -211,22 +239,32 @@ def standardize_per_layer(scores: list[dict]) -> list[dict]:
     return [{k: v / v.abs().mean().clamp_min(1e-30) for k, v in layer.items()} for layer in scores]
 
 
-def _global_counts(scores, b: Budget, editable: list[int], m: int, k: int, round_to: int, kinds: set[str]):
-    """Spread the uniform solution's totals across layers by ranking groups of all editable layers together."""
-    mlp_counts = {i: b.layouts[i].intermediate for i in editable}
-    if "mlp" in kinds:
-        allm = torch.cat([scores[i]["mlp"].double() for i in editable])
-        owner = torch.cat([torch.full((b.layouts[i].intermediate,), i) for i in editable])
-        kept = owner[top(allm, m * len(editable))]
-        raw = [float((kept == i).sum()) for i in editable]
-        full = [b.layouts[i].intermediate for i in editable]
-        mlp_counts = dict(zip(editable, _round_counts(raw, full, m * len(editable), round_to)))
-    kv_counts = {i: k for i in editable}
+def _global_counts(
+    scores, b: Budget, editable: list[int], target: float, kv_rm: int, r: int, round_to: int, kinds: set[str]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Per-layer kept counts from ranking the groups of all editable layers together: `kv_rm` KV groups (each
+    keeping `r` query heads), then as many MLP channels as the rest of `target` parameters. Counted on each
+    layer's own widths, which differ after an earlier global shot."""
+    kv_counts = {i: b.layouts[i].kv_heads for i in editable}
     if "kv" in kinds:
         allkv = torch.cat([scores[i]["kv"].double() for i in editable])
         owner = torch.cat([torch.full((b.layouts[i].kv_heads,), i) for i in editable])
-        kept = owner[top(allkv, k * len(editable))]
+        kept = owner[top(allkv, sum(kv_counts.values()) - kv_rm)]
         kv_counts = {i: max(1, int((kept == i).sum())) for i in editable}
+    mlp_counts = {i: b.layouts[i].intermediate for i in editable}
+    if "mlp" in kinds:
+        attn_rm = 0
+        for i in editable:
+            lay = b.layouts[i]
+            full_attn = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
+            attn_rm += full_attn - _attn_params(kv_counts[i], r, lay, b.hidden, b.qkv_bias)
+        full = [b.layouts[i].intermediate for i in editable]
+        keep = sum(full) - max(0, round((target - attn_rm) / (3 * b.hidden)))  # 3 x hidden per channel
+        allm = torch.cat([scores[i]["mlp"].double() for i in editable])
+        owner = torch.cat([torch.full((f,), i) for i, f in zip(editable, full)])
+        kept = owner[top(allm, keep)]
+        raw = [float((kept == i).sum()) for i in editable]
+        mlp_counts = dict(zip(editable, _round_counts(raw, full, keep, round_to)))
     return mlp_counts, kv_counts
 
 

@@ -3,7 +3,7 @@ LLM-Pruner-equivalent run at the same token budget (issue 13's table).
 
     python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
         [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500] [--shots 1]
-        [--allocation uniform] [--update auto] [--kd-weight 0.5] [--pruned-only]
+        [--allocation uniform] [--update auto] [--attn-share S] [--kd-weight 0.5] [--pruned-only]
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
@@ -11,8 +11,9 @@ Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, 
                 0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
   llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
                 only on the Alpaca data, as LLM-Pruner recovers
---shots / --allocation / --update / --kd-weight vary `ours` only (rows record them); --pruned-only stops after
-pruning and measures perplexity alone (a quick probe of pruning settings, ~6 min a row instead of ~30).
+--shots / --allocation / --update / --attn-share / --kd-weight vary `ours` only (rows record them);
+--pruned-only stops after pruning and measures perplexity alone (a quick probe of pruning settings, ~6 min
+a row instead of ~30).
 Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
 --ppl-tokens tokens, stated), ARC-Easy / PIQA / BoolQ 0-shot through lm-eval on seeded subsets of --limit
 documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, so an
@@ -70,6 +71,7 @@ def row_key(r: dict) -> tuple:
         r.get("allocation", "uniform"),
         r.get("update", "auto"),
         r.get("kd_weight", 0.5 if r["method"] == "ours" else 0.0),
+        r.get("attn_share"),
     )
     return (r["method"], r.get("ratio"), r.get("shots", 1), *variant, r.get("pruned_only", False))
 
@@ -86,6 +88,7 @@ def main() -> int:
     ap.add_argument("--shots", type=int, default=1, help="surgeon shots for `ours` (rows keep their shots)")
     ap.add_argument("--allocation", default="uniform", choices=["uniform", "global"], help="for `ours`")
     ap.add_argument("--update", default="auto", choices=["auto", "cols", "both", "none"], help="surgeon OBS update")
+    ap.add_argument("--attn-share", type=float, help="share of the removal from attention (default: its size)")
     ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the recovery loss for `ours`")
     ap.add_argument("--pruned-only", action="store_true", help="no recovery, perplexity only (probe)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
@@ -125,6 +128,7 @@ def main() -> int:
                 "allocation": args.allocation if ours else "uniform",
                 "update": args.update if ours else "auto",
                 "kd_weight": args.kd_weight if ours else 0.0,
+                "attn_share": args.attn_share if ours else None,
                 "pruned_only": args.pruned_only,
             }
             if row_key({"method": method, "ratio": ratio, **variant}) in done:
@@ -134,7 +138,7 @@ def main() -> int:
             criterion = "surgeon" if ours else "taylor"
             pcfg = PruneConfig(
                 ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64, shots=variant["shots"],
-                allocation=variant["allocation"], update=variant["update"],
+                allocation=variant["allocation"], update=variant["update"], attn_share=variant["attn_share"],
             )  # fmt: skip
             report, _ = prune(model, pcfg, calib)
             prune_s = time.time() - t0

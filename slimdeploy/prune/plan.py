@@ -80,11 +80,11 @@ def choose_uniform_widths(
     round_to: int,
     tp: int,
     attn_share: float | None,
-    layers: list[int],
+    n: int,
     lay: LayerLayout,
     strict: bool = True,
 ) -> tuple[int, int, int, int]:
-    """Search (kv kept, heads per kv, mlp kept) of layout `lay`, applied to each of `layers`, that removes
+    """Search (kv kept, heads per kv, mlp kept) of layout `lay`, applied to each of `n` layers, that removes
     closest to `target_remove`.
 
     Among options within tolerance of the target, the one whose attention removal is closest to `attn_share`
@@ -93,7 +93,6 @@ def choose_uniform_widths(
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
     m_full = 3 * b.hidden * lay.intermediate
     share = attn_share if attn_share is not None else a_full / (a_full + m_full)
-    n = len(layers)
     cands = []
     for (k, r), m in itertools.product(
         _attention_options(lay, b.hidden, kinds, tp), _mlp_options(lay, kinds, round_to, tp)
@@ -111,7 +110,7 @@ def choose_uniform_widths(
         raise SlimdeployError(f"no head/channel widths satisfy hidden_size {b.hidden} and tp_size {tp}")
     k, r, m, removed = best
     if strict and abs(removed - target_remove) > 0.02 * b.total_params:
-        max_rm = max_removable(b, kinds, round_to, tp, layers, lay)
+        max_rm = max_removable(b, kinds, round_to, tp, n, lay)
         raise SlimdeployError(
             f"cannot remove {target_remove / b.total_params:.1%} of the parameters with {sorted(kinds)} "
             f"(round_to {round_to}, tp_size {tp}): achievable up to {max_rm / b.total_params:.1%}; closest is "
@@ -120,12 +119,12 @@ def choose_uniform_widths(
     return k, r, m, removed
 
 
-def max_removable(b: Budget, kinds: set[str], round_to: int, tp: int, layers: list[int], lay: LayerLayout) -> int:
+def max_removable(b: Budget, kinds: set[str], round_to: int, tp: int, n: int, lay: LayerLayout) -> int:
     a_full = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
     opts = _attention_options(lay, b.hidden, kinds, tp)
     a_min = min(_attn_params(k, r, lay, b.hidden, b.qkv_bias) for k, r in opts) if opts else a_full
     m_min = min(_mlp_options(lay, kinds, round_to, tp))
-    return len(layers) * (a_full - a_min + 3 * b.hidden * (lay.intermediate - m_min))
+    return n * (a_full - a_min + 3 * b.hidden * (lay.intermediate - m_min))
 
 
 def reference_layout(b: Budget, layers: list[int], allocation: str) -> LayerLayout:
@@ -211,16 +210,17 @@ def make_plan(
         editable = [i for i in live if i >= protect_first and i < n_layers - protect_last]
         if not editable:
             raise SlimdeployError("every layer is protected; lower protect_first / protect_last")
+        if allocation not in ("uniform", "global"):
+            raise SlimdeployError(f"unknown allocation {allocation!r}; choose uniform or global")
         ref = reference_layout(b, editable, allocation)
         glob = allocation == "global"
-        k, r, m, _ = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, editable, ref, strict=not glob)
-        mlp_counts = {i: m for i in editable}
-        kv_counts = {i: k for i in editable}
-        if glob:
-            kv_rm = len(editable) * (ref.kv_heads - k)  # the uniform solution's KV groups, ranked across layers
+        n_ed = len(editable)
+        k, r, m, _ = choose_uniform_widths(b, target, kinds, round_to, tp, attn_share, n_ed, ref, strict=not glob)
+        if glob:  # the uniform solution's KV groups and heads per group, ranked across layers; MLP takes the rest
+            kv_rm = n_ed * (ref.kv_heads - k)
             mlp_counts, kv_counts = _global_counts(scores, b, editable, target, kv_rm, r, round_to, kinds)
-        elif allocation != "uniform":
-            raise SlimdeployError(f"unknown allocation {allocation!r}; choose uniform or global")
+        else:
+            mlp_counts, kv_counts = dict.fromkeys(editable, m), dict.fromkeys(editable, k)
         for i in editable:
             lay, s = b.layouts[i], scores[i]
             heads_keep, kv_keep = select_heads(s["head"], s["kv"], kv_counts[i], r, lay.q_per_kv)
@@ -259,7 +259,8 @@ def _global_counts(
             full_attn = _attn_params(lay.kv_heads, lay.q_per_kv, lay, b.hidden, b.qkv_bias)
             attn_rm += full_attn - _attn_params(kv_counts[i], r, lay, b.hidden, b.qkv_bias)
         full = [b.layouts[i].intermediate for i in editable]
-        keep = sum(full) - max(0, round((target - attn_rm) / (3 * b.hidden)))  # 3 x hidden per channel
+        # 3 x hidden per channel; never below zero (an impossible target is refused by make_plan's check)
+        keep = max(0, sum(full) - max(0, round((target - attn_rm) / (3 * b.hidden))))
         allm = torch.cat([scores[i]["mlp"].double() for i in editable])
         owner = torch.cat([torch.full((f,), i) for i, f in zip(editable, full)])
         kept = owner[top(allm, keep)]

@@ -28,7 +28,7 @@ from slimdeploy.pipeline.state import PipelineState, StageContext
 from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, record_for
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
 from slimdeploy.recipe.schema import Recipe, RecoverStage
-from slimdeploy.utils.device import resolve_device
+from slimdeploy.utils.device import native_bf16, resolve_device
 from slimdeploy.utils.distributed import broadcast, init_from_env, world
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
@@ -195,8 +195,11 @@ def _follow(recipe: Recipe, model_spec: str | None, trust_remote_code: bool) -> 
 def load_teacher(model_spec: str | None, cfg: RecoverStage, device: str, trust_remote_code: bool):
     """The unpruned model in the dtype and on the device `cfg` asks for (`same`: the student's `device`)."""
     where = device if cfg.teacher_device == "same" else cfg.teacher_device
-    resolve_device(where, "recover.teacher_device")  # before the teacher's weights are read
-    teacher = load_model(model_spec, cfg.teacher_dtype, trust_remote_code, with_tokenizer=False, device=where).model
+    where = resolve_device(where, "recover.teacher_device")  # before the teacher's weights are read
+    dtype = cfg.teacher_dtype
+    if dtype == "auto-bf16":
+        dtype = "bf16" if native_bf16(where) else "fp32"
+    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False, device=where).model
     return teacher.eval().requires_grad_(False)
 
 

@@ -32,11 +32,17 @@ class RecoverConfig(BaseModel):
     grad_accum: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
     gradient_checkpointing: bool = False
-    bf16: bool = Field(True, description="bf16 autocast on CPU (AMX); master weights stay fp32")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast (master weights stay fp32); auto: where the device computes bf16 natively "
+        "(CUDA, CPUs with AMX / AVX512-BF16), fp32 elsewhere, where emulated bf16 is many times slower",
+    )
     kd_weight: float = Field(0.0, ge=0, le=1, description="0: LM loss only; 1: only KL to the unpruned teacher")
     kd_temperature: float = Field(1.0, gt=0)
-    teacher_dtype: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="dtype the unpruned teacher loads in: bf16 halves its memory (it only runs forward)"
+    teacher_dtype: Literal["fp32", "bf16", "fp16", "auto-bf16"] = Field(
+        "fp32",
+        description="dtype the unpruned teacher loads in: bf16 halves its memory (it only runs forward); "
+        "auto-bf16: bf16 where the device computes it natively, else fp32",
     )
     teacher_device: str = Field(
         "same",

@@ -24,6 +24,7 @@ from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.data import DataMixture, pack_blocks, recovery_docs
 from slimdeploy.recover.losses import step_loss
 from slimdeploy.recover.teacher_cache import load_topk
+from slimdeploy.utils.device import resolve_bf16
 from slimdeploy.utils.distributed import average, barrier, data_parallel, gather, world
 from slimdeploy.utils.memory import peak_rss_mb
 
@@ -162,6 +163,8 @@ def recover(
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and cfg.seq_len > max_pos:
         raise SlimdeployError(f"recover seq_len {cfg.seq_len} exceeds the model's context of {max_pos} tokens")
+    # bf16 autocast only where the device computes it natively ('auto'); the losses read a plain bool
+    cfg = cfg.model_copy(update={"bf16": resolve_bf16(cfg.bf16, str(next(model.parameters()).device))})
     mix = DataMixture.build(tokenizer, cfg)
     fp = mix.fingerprints if len(mix.sources) > 1 else mix.fingerprints[0]
     held = None
@@ -241,6 +244,7 @@ def recover(
         "final_loss": history[-1]["loss"] if history else None,
         "history": history,
         "kd_weight": cfg.kd_weight,
+        "bf16_autocast": cfg.bf16,
         "seconds": round(seconds, 1),
         "mode": cfg.mode,
         "world_size": n_ranks,

@@ -48,3 +48,21 @@ def missing_kernel(exc: BaseException) -> str | None:
         return None
     dtype = {"Half": "fp16", "BFloat16": "bf16"}[m.group(2)]
     return f"torch has no {dtype} kernel for {m.group(1)} on this device; use --dtype fp32 (or bf16 on CPU)"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes in bf16 natively, so bf16 autocast is faster than fp32: a CUDA GPU that
+    supports it, or a CPU with AMX or AVX512-BF16. Elsewhere bf16 is emulated: measured on an AVX2-only AMD
+    EPYC, a bf16 matmul ran 12x slower than fp32 and LoRA recovery under bf16 autocast at 5 tokens/s."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = torch.cpu  # private probes (torch >= 2.3); without them assume emulation: fp32 is never slow
+    probes = [getattr(cpu, n, None) for n in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(p is not None and p() for p in probes)
+
+
+def resolve_bf16(setting: bool | str, device: str) -> bool:
+    """A bf16 setting: true / false as given, 'auto' where the device computes bf16 natively."""
+    return native_bf16(device) if setting == "auto" else bool(setting)

@@ -67,7 +67,7 @@ def plain_peft(model, blocks: torch.Tensor, steps: int, batch: int, lr: float) -
 
 
 def ours_recover(model, tok, data: str, steps: int, batch: int, seq_len: int, lr: float) -> float:
-    cfg = RecoverConfig(data=data, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, rank=16, warmup=0)
+    cfg = RecoverConfig(data=data, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, rank=16, warmup=0, bf16=True)
     rep = recover(model, tok, cfg).report
     return rep["tokens"] / rep["seconds"]
 

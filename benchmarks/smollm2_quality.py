@@ -195,6 +195,7 @@ def main() -> int:
                     "recovered": evaluate(merged, tok, shared, args),
                     "recovery_tokens": rep["tokens"],
                     "recovery_data": rep["data"],
+                    "bf16_autocast": rep["bf16_autocast"],  # auto: only where the CPU/GPU computes bf16 natively
                     "calibration": calib_fp,
                     "prune_seconds": round(prune_s, 1),
                     "recover_seconds": round(recover_s, 1),

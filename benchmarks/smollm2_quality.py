@@ -18,8 +18,9 @@ Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2
 --ppl-tokens tokens, stated), ARC-Easy / PIQA / BoolQ 0-shot through lm-eval on seeded subsets of --limit
 documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, and each
 pruned model is kept with its evaluation under --work, so an interrupted run resumes with --resume from
-its last finished row, or from the pruned model when it died during recovery. BoolQ in ../shared has
-label 1 on every row (see README): reported, and the means are given with and without it.
+its last finished row, or from the pruned model when it died during recovery (rows that differ only in
+recovery settings share that pruned model too). BoolQ in ../shared has label 1 on every row (see README):
+reported, and the means are given with and without it.
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def row_key(r: dict) -> tuple:
 
 
 def stage_name(method: str, ratio: float, variant: dict, args) -> str:
-    """A folder name for one row's pruned model: its method, ratio, variant and evaluation budget."""
-    parts = [method, ratio, *variant.values(), args.ppl_tokens, args.limit]
+    """A folder name for one row's pruned model: what decides the pruning and its evaluation, not the recovery
+    settings, so rows that differ only in recovery (--kd-weight, --lr, tokens) share one pruned model."""
+    pruning = [variant[k] for k in ("shots", "allocation", "update", "attn_share")]
+    parts = [method, ratio, *pruning, args.ppl_tokens, args.limit]
     return "_".join(str(p) for p in parts)
 
 
@@ -158,6 +161,7 @@ def main() -> int:
             if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
                 model = load_model(str(stage), "fp32").model
                 head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
+                head.update(variant)  # the recovery settings are this run's
                 print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
             else:
                 model = copy.deepcopy(base.model)
@@ -174,11 +178,14 @@ def main() -> int:
                 head["kept"] = sum(p.numel() for p in model.parameters()) / p0
                 head["widths"] = report["widths"]
                 if args.pruned_only:
-                    ppl = perplexity(model, tok, shared, args)["ppl"]
-                    save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
-                    continue
-                pruned = evaluate(model, tok, shared, args)
-                keep_stage(stage, model, tok, [head, pruned, prune_s])
+                    pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
+                else:
+                    pruned = evaluate(model, tok, shared, args)
+                    keep_stage(stage, model, tok, [head, pruned, prune_s])
+            if args.pruned_only:
+                ppl = pruned["wikitext2_ppl"]
+                save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
+                continue
             rcfg = RecoverConfig(
                 data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
                 lr=args.lr, rank=16, kd_weight=variant["kd_weight"], warmup=10,

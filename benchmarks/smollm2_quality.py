@@ -3,7 +3,8 @@ LLM-Pruner-equivalent run at the same token budget (issue 13's table).
 
     python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
         [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500] [--shots 1]
-        [--allocation uniform] [--update auto] [--attn-share S] [--kd-weight 0.5] [--pruned-only]
+        [--allocation uniform] [--update auto] [--attn-share S] [--kd-weight 0.5] [--rank 16]
+        [--pruned-only]
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
@@ -11,7 +12,7 @@ Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, 
                 0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
   llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
                 only on the Alpaca data, as LLM-Pruner recovers
---shots / --allocation / --update / --attn-share / --kd-weight vary `ours` only (rows record them);
+--shots / --allocation / --update / --attn-share / --kd-weight vary `ours` only, --rank both (rows record them);
 --pruned-only stops after pruning and measures perplexity alone (a quick probe of pruning settings, ~6 min
 a row instead of ~30).
 Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
@@ -76,6 +77,7 @@ def row_key(r: dict) -> tuple:
         r.get("update", "auto"),
         r.get("kd_weight", 0.5 if r["method"] == "ours" else 0.0),
         r.get("attn_share"),
+        r.get("rank", 16),
     )
     return (r["method"], r.get("ratio"), r.get("shots", 1), *variant, r.get("pruned_only", False))
 
@@ -114,6 +116,7 @@ def main() -> int:
     ap.add_argument("--update", default="auto", choices=["auto", "cols", "both", "none"], help="surgeon OBS update")
     ap.add_argument("--attn-share", type=float, help="share of the removal from attention (default: its size)")
     ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the recovery loss for `ours`")
+    ap.add_argument("--rank", type=int, default=16, help="LoRA rank of the recovery (both methods; alpha 2 x rank)")
     ap.add_argument("--pruned-only", action="store_true", help="no recovery, perplexity only (probe)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
     ap.add_argument("--work", default=".cache/smollm2_bench", help="pruned models kept for --resume")
@@ -153,6 +156,7 @@ def main() -> int:
                 "update": args.update if ours else "auto",
                 "kd_weight": args.kd_weight if ours else 0.0,
                 "attn_share": args.attn_share if ours else None,
+                "rank": args.rank,
                 "pruned_only": args.pruned_only,
             }
             if row_key({"method": method, "ratio": ratio, **variant}) in done:
@@ -186,9 +190,11 @@ def main() -> int:
                 ppl = pruned["wikitext2_ppl"]
                 save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
                 continue
+            # alpha = 2 x rank: the LoRA scale stays 2 at any rank, as at the default r16 / alpha 32
             rcfg = RecoverConfig(
                 data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
-                lr=args.lr, rank=16, kd_weight=variant["kd_weight"], warmup=10,
+                lr=args.lr, rank=variant["rank"], alpha=2.0 * variant["rank"], kd_weight=variant["kd_weight"],
+                warmup=10,
             )  # fmt: skip
             t1 = time.time()
             res = recover(model, tok, rcfg, teacher=base.model if ours else None)

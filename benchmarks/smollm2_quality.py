@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from slimdeploy.merge.api import merge
 from slimdeploy.prune.api import PruneConfig, prune
 from slimdeploy.recover.config import RecoverConfig
 from slimdeploy.recover.train import recover
+from slimdeploy.utils.fs import atomic_dir
 
 TASKS = ["arc_easy", "piqa", "boolq"]
 
@@ -91,15 +91,12 @@ def stage_name(method: str, ratio: float, variant: dict, args) -> str:
 
 
 def keep_stage(stage: Path, model, tok, saved: list) -> None:
-    """Save the pruned model and its evaluation, whole or not at all (written aside, then renamed), so a
-    run killed during recovery resumes after the hour of pruning and evaluation it already did."""
-    tmp = stage.with_name(stage.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, tok, tmp)
-    (tmp / "pruned.json").write_text(json.dumps(saved))
-    shutil.rmtree(stage, ignore_errors=True)
-    tmp.rename(stage)
+    """Save the pruned model and its evaluation, whole or not at all, so a run killed during recovery
+    resumes after the hour of pruning and evaluation it already did."""
+    stage.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(stage, force=True, what="pruned model (smollm2_quality)") as tmp:
+        save_model(model, tok, tmp)
+        (tmp / "pruned.json").write_text(json.dumps(saved))
 
 
 def main() -> int:

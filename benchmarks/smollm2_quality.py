@@ -156,6 +156,9 @@ def main() -> int:
     ap.add_argument("--work", default=".cache/smollm2_bench", help="pruned models kept for --resume")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out")
     args = ap.parse_args()
+    if args.interleave and args.pruned_only:
+        print("--interleave recovers between shots; it cannot be --pruned-only")
+        return 2
     shared = Path(args.shared)
     if not (shared / "eval" / "wikitext-2-raw-test.txt").exists():
         print(f"skipped: {shared}/eval not found (pass --shared)")

@@ -101,9 +101,10 @@ def keep_stage(stage: Path, model, tok, saved: list) -> None:
         (tmp / "pruned.json").write_text(json.dumps(saved))
 
 
-def interleaved(teacher, tok, calib, ratio: float, variant: dict, rcfg: RecoverConfig, p0: int, shared, args):
+def interleaved(teacher, tok, calib, ratio: float, variant: dict, rcfg: RecoverConfig, p0: int, shared, args) -> tuple:
     """The LLM Surgeon's multi-shot with interleaved LoRA updates: after each shot, LoRA on a 1/shots share of
-    the recovery tokens (own seed, so other batches), merged before the next shot re-estimates curvature."""
+    the recovery tokens (own seed, so other batches), merged before the next shot re-estimates curvature.
+    Returns what main() writes a row from: (merged model, head, pruned, recovery report, seconds x 2)."""
     k = variant["shots"]
     model, prune_s, recover_s, widths = copy.deepcopy(teacher), 0.0, 0.0, {}
     for shot in range(1, k + 1):
@@ -124,13 +125,9 @@ def interleaved(teacher, tok, calib, ratio: float, variant: dict, rcfg: RecoverC
         model = merge(res.model, calib[:1, :128])[0]
         recover_s += time.time() - t1
         print(f"shot {shot}/{k}: {sum(p.numel() for p in model.parameters()) / p0:.3f} kept", flush=True)
-    head = {"method": "ours", "ratio": ratio, "criterion": "surgeon", **variant}
-    return {
-        **head, "kept": sum(p.numel() for p in model.parameters()) / p0, "widths": widths, "pruned": pruned,
-        "recovered": evaluate(model, tok, shared, args), "recovery_tokens": rep["tokens"] * k,
-        "recovery_data": rep["data"], "bf16_autocast": rep["bf16_autocast"],
-        "prune_seconds": round(prune_s, 1), "recover_seconds": round(recover_s, 1),
-    }  # fmt: skip
+    head = {"method": "ours", "ratio": ratio, "criterion": "surgeon", **variant, "widths": widths}
+    head["kept"] = sum(p.numel() for p in model.parameters()) / p0
+    return model, head, pruned, {**rep, "tokens": rep["tokens"] * k}, prune_s, recover_s
 
 
 def main() -> int:
@@ -205,47 +202,44 @@ def main() -> int:
                 warmup=10,
             )  # fmt: skip
             if variant["interleave"]:
-                save(
-                    {
-                        **interleaved(base.model, tok, calib, ratio, variant, rcfg, p0, shared, args),
-                        "calibration": calib_fp,
-                    }
+                merged, head, pruned, rep, prune_s, recover_s = interleaved(
+                    base.model, tok, calib, ratio, variant, rcfg, p0, shared, args
                 )
-                continue
-            stage = Path(args.work) / stage_name(method, ratio, variant, args)
-            if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
-                model = load_model(str(stage), "fp32").model
-                head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
-                head.update(variant)  # the recovery settings are this run's
-                print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
             else:
-                model = copy.deepcopy(base.model)
-                t0 = time.time()
-                criterion = "surgeon" if ours else "taylor"
-                pcfg = PruneConfig(
-                    ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64,
-                    shots=variant["shots"], allocation=variant["allocation"], update=variant["update"],
-                    attn_share=variant["attn_share"],
-                )  # fmt: skip
-                report, _ = prune(model, pcfg, calib)
-                prune_s = time.time() - t0
-                head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
-                head["kept"] = sum(p.numel() for p in model.parameters()) / p0
-                head["widths"] = report["widths"]
-                if args.pruned_only:
-                    pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
+                stage = Path(args.work) / stage_name(method, ratio, variant, args)
+                if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
+                    model = load_model(str(stage), "fp32").model
+                    head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
+                    head.update(variant)  # the recovery settings are this run's
+                    print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
                 else:
-                    pruned = evaluate(model, tok, shared, args)
-                    keep_stage(stage, model, tok, [head, pruned, prune_s])
-            if args.pruned_only:
-                ppl = pruned["wikitext2_ppl"]
-                save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
-                continue
-            t1 = time.time()
-            res = recover(model, tok, rcfg, teacher=base.model if ours else None)
-            rep = res.report
-            merged, _ = merge(res.model, calib[:1, :128])
-            recover_s = time.time() - t1
+                    model = copy.deepcopy(base.model)
+                    t0 = time.time()
+                    criterion = "surgeon" if ours else "taylor"
+                    pcfg = PruneConfig(
+                        ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64,
+                        shots=variant["shots"], allocation=variant["allocation"], update=variant["update"],
+                        attn_share=variant["attn_share"],
+                    )  # fmt: skip
+                    report, _ = prune(model, pcfg, calib)
+                    prune_s = time.time() - t0
+                    head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
+                    head["kept"] = sum(p.numel() for p in model.parameters()) / p0
+                    head["widths"] = report["widths"]
+                    if args.pruned_only:
+                        pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
+                    else:
+                        pruned = evaluate(model, tok, shared, args)
+                        keep_stage(stage, model, tok, [head, pruned, prune_s])
+                if args.pruned_only:
+                    ppl = pruned["wikitext2_ppl"]
+                    save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})
+                    continue
+                t1 = time.time()
+                res = recover(model, tok, rcfg, teacher=base.model if ours else None)
+                rep = res.report
+                merged, _ = merge(res.model, calib[:1, :128])
+                recover_s = time.time() - t1
             save(
                 {
                     **head,

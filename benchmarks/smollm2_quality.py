@@ -130,6 +130,37 @@ def interleaved(teacher, tok, calib, ratio: float, variant: dict, rcfg: RecoverC
     return model, head, pruned, {**rep, "tokens": rep["tokens"] * k}, prune_s, recover_s
 
 
+def pruned_once(base_model, tok, calib, method: str, ratio: float, variant: dict, p0: int, shared, args) -> tuple:
+    """Prune a copy of the dense model in one call (all its shots) and evaluate it, or reuse what an earlier run
+    kept under --work: (pruned model, head, pruned evaluation, pruning seconds)."""
+    stage = Path(args.work) / stage_name(method, ratio, variant, args)
+    if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
+        model = load_model(str(stage), "fp32").model
+        head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
+        head.update(variant)  # the recovery settings are this run's
+        print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
+    else:
+        model = copy.deepcopy(base_model)
+        t0 = time.time()
+        criterion = "surgeon" if method == "ours" else "taylor"
+        pcfg = PruneConfig(
+            ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64,
+            shots=variant["shots"], allocation=variant["allocation"], update=variant["update"],
+            attn_share=variant["attn_share"],
+        )  # fmt: skip
+        report, _ = prune(model, pcfg, calib)
+        prune_s = time.time() - t0
+        head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
+        head["kept"] = sum(p.numel() for p in model.parameters()) / p0
+        head["widths"] = report["widths"]
+        if args.pruned_only:
+            pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
+        else:
+            pruned = evaluate(model, tok, shared, args)
+            keep_stage(stage, model, tok, [head, pruned, prune_s])
+    return model, head, pruned, prune_s
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", default=DEFAULT_SHARED)
@@ -206,31 +237,9 @@ def main() -> int:
                     base.model, tok, calib, ratio, variant, rcfg, p0, shared, args
                 )
             else:
-                stage = Path(args.work) / stage_name(method, ratio, variant, args)
-                if (stage / "pruned.json").exists():  # pruned and evaluated by an interrupted run: reuse both
-                    model = load_model(str(stage), "fp32").model
-                    head, pruned, prune_s = json.loads((stage / "pruned.json").read_text())
-                    head.update(variant)  # the recovery settings are this run's
-                    print(f"reusing the pruned model and its evaluation in {stage}", flush=True)
-                else:
-                    model = copy.deepcopy(base.model)
-                    t0 = time.time()
-                    criterion = "surgeon" if ours else "taylor"
-                    pcfg = PruneConfig(
-                        ratio=ratio, criterion=criterion, structures=["mlp", "head"], round_to=64,
-                        shots=variant["shots"], allocation=variant["allocation"], update=variant["update"],
-                        attn_share=variant["attn_share"],
-                    )  # fmt: skip
-                    report, _ = prune(model, pcfg, calib)
-                    prune_s = time.time() - t0
-                    head = {"method": method, "ratio": ratio, "criterion": pcfg.criterion, **variant}
-                    head["kept"] = sum(p.numel() for p in model.parameters()) / p0
-                    head["widths"] = report["widths"]
-                    if args.pruned_only:
-                        pruned = {"wikitext2_ppl": perplexity(model, tok, shared, args)["ppl"]}
-                    else:
-                        pruned = evaluate(model, tok, shared, args)
-                        keep_stage(stage, model, tok, [head, pruned, prune_s])
+                model, head, pruned, prune_s = pruned_once(
+                    base.model, tok, calib, method, ratio, variant, p0, shared, args
+                )
                 if args.pruned_only:
                     ppl = pruned["wikitext2_ppl"]
                     save({**head, "pruned": {"wikitext2_ppl": ppl}, "prune_seconds": round(prune_s, 1)})

@@ -100,10 +100,11 @@ def test_no_op_attention_layer_keeps_cache_positions(tmp_path):
 
 
 def test_qwen3_per_layer_refused_before_writing(tmp_path, tokenizer):
-    src = _per_layer_dir(tmp_path, tokenizer, family="qwen3")
+    """Per-layer widths are stored as DeciLM files, which cannot carry Qwen3's q/k norms: saving is refused
+    before a file is written (the prune command and recipe preflight refuse earlier, from config.json)."""
     with pytest.raises(SlimdeployError, match="cannot represent qwen3"):
-        export_vllm(src, tmp_path / "out", verify=False)
-    assert not (tmp_path / "out").exists()
+        _per_layer_dir(tmp_path, tokenizer, family="qwen3")
+    assert list((tmp_path / "per-layer-qwen3").iterdir()) == []
 
 
 @pytest.mark.vllm

@@ -134,6 +134,45 @@ def _user_dir(c: Ctx) -> Path:
     return d
 
 
+def _folder_with(c: Ctx, name: str, files: dict[str, str], marker_files: list[str] | None = None) -> Path:
+    """A user's folder holding files that look like ours (reports) beside their own; `marker_files`: also a
+    marker of ours listing only those (the user added the rest later)."""
+    from slimdeploy.utils.fs import MARKER
+
+    d = c.tmp / "in" / name
+    for rel, text in files.items():
+        (d / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / rel).write_text(text)
+    if marker_files is not None:
+        (d / MARKER).write_text(json.dumps({"written_by": "slimdeploy", "what": "prune", "files": marker_files}))
+    return d
+
+
+def _compressed_folder(c: Ctx) -> Path:  # what compress writes, before the marker listed its files
+    return _folder_with(c, "compressed", {"report.json": "{}", "recipe.yaml": "name: x", "model.safetensors": "w"})
+
+
+def _ci_folder(c: Ctx) -> Path:  # a CI repository's folder holding its saved reference
+    return _folder_with(c, "ci", {"bench.json": "{}", "run-gate.sh": "slimdeploy bench check"})
+
+
+def _project(c: Ctx) -> Path:  # a user's project that happens to hold a copied report
+    return _folder_with(c, "project", {"main.py": "print()", "src/lib.py": "x = 1", "prune_report.json": "{}"})
+
+
+def _thesis(c: Ctx) -> Path:
+    return _folder_with(c, "thesis", {"thesis.tex": "years of work", "report.json": "{}", "recipe.yaml": "a: 1"})
+
+
+def _ours_plus_notes(c: Ctx) -> Path:  # our output, and the user's notes written into it afterwards
+    files = {"config.json": "{}", "prune_report.json": "{}", "notes.txt": "mine"}
+    return _folder_with(c, "ours-plus", files, marker_files=["config.json", "prune_report.json"])
+
+
+def _bench(c: Ctx, out: Path, *extra: str) -> list[str]:
+    return ["bench", "run", str(c.model), "--baseline", str(c.model), "--out", str(out), *extra]
+
+
 def _prune(c: Ctx, model: Path, out, *extra: str) -> list[str]:
     return ["prune", "--model", str(model), "--out", str(out), "--criterion", "l2", "--round-to", "8", *extra]
 
@@ -152,6 +191,17 @@ CASES = [
     Case("force-input-itself", lambda c: _prune(c, c.model, c.model, "--force"), "holds an input"),
     Case("force-user-folder", lambda c: _prune(c, c.model, _user_dir(c), "--force"), "only directories slimdeploy"),
     Case("force-home", lambda c: _prune(c, c.model, Path.home(), "--force"), "home directory"),
+    # report files of ours inside a folder do not make it ours: only the marker, listing every file, does
+    Case("bench-out-compressed-model", lambda c: _bench(c, _compressed_folder(c)), "already exists"),
+    Case("bench-out-ci-reference", lambda c: _bench(c, _ci_folder(c)), "already exists"),
+    Case("bench-force-ci-reference", lambda c: _bench(c, _ci_folder(c), "--force"), "only directories slimdeploy"),
+    Case("force-project-with-report", lambda c: _prune(c, c.model, _project(c), "--force"), "only directories"),
+    Case(
+        "compress-force-thesis",
+        lambda c: [*_compress(c, [{"kind": "eval"}], _thesis(c)), "--force"],
+        "only directories slimdeploy",
+    ),
+    Case("force-ours-plus-user-file", lambda c: _prune(c, c.model, _ours_plus_notes(c), "--force"), "did not write"),
     Case("out-inside-input", lambda c: _prune(c, c.model, c.model / "pruned"), "inside the input"),
     Case("out-is-file", lambda c: _prune(c, c.model, _out_file(c)), "not a directory"),
     Case("out-under-file", lambda c: _prune(c, c.model, _out_file(c) / "x"), "is a file"),

@@ -42,10 +42,23 @@ def _source(tmp_path, tokenizer, family: str, tied: bool, dtype=torch.float32):
 CASES = [  # family, tied, criterion, allocation, structures, ratio (embeddings are most of a tiny model)
     ("llama", False, "wanda", "uniform", ["mlp", "head"], 0.12),
     ("qwen2", True, "surgeon_layerwise", "global", ["mlp", "head", "kv"], 0.2),  # OBS update, per-layer widths
-    ("qwen3", False, "flap", "global", ["mlp", "kv"], 0.12),
+    ("qwen3", False, "flap", "uniform", ["mlp", "kv"], 0.12),  # global: refused (DeciLM has no q/k norms)
     ("mistral", True, "wanda", "uniform", ["mlp", "layer"], 0.2),  # whole layers dropped, renumbered
     ("llama", False, "random", "uniform", ["head"], 0.04),
 ]
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_global_widths_refused_before_work_where_no_format_carries_them(tmp_path, tokenizer, sequential):
+    """Per-layer widths are saved as DeciLM files (stock transformers and vLLM load them); Qwen3's q/k norms
+    have no place there, so a global prune of Qwen3 is refused before any weight loads."""
+    from slimdeploy.errors import SlimdeployError
+
+    src = _source(tmp_path, tokenizer, "qwen3", False)
+    cfg = PruneConfig(criterion="l2", allocation="global", ratio=0.05, round_to=8)
+    with pytest.raises(SlimdeployError, match="cannot represent qwen3"):
+        prune_to_dir(str(src), cfg, tmp_path / "o", sequential=sequential)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("family,tied,criterion,allocation,structures,ratio", CASES)

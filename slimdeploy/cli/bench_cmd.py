@@ -27,6 +27,7 @@ def run_cmd(
     port: Annotated[int, typer.Option(help="vllm-server: first port on 127.0.0.1 (baseline; candidate +1).")] = 8000,
     threads: Annotated[Optional[int], typer.Option(help="torch/onnx workers: intra-op threads.")] = None,
     out: Annotated[Path, typer.Option(help="Where to write bench.json, bench.md and bench.png.")] = Path("bench-out"),
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory (one slimdeploy wrote).")] = False,
     max_slowdown: Annotated[
         Optional[str], typer.Option(help="Live gate: exit 1 when the candidate is slower than the baseline by more.")
     ] = None,
@@ -56,8 +57,8 @@ def run_cmd(
         raise SlimdeployError(f"--threads {threads}: give 1 or more")
     if not 1 <= port <= 65534:
         raise SlimdeployError(f"--port {port}: give a port between 1 and 65534")
-    # the report replaces an earlier bench output (ours), never a file or a folder of other things
-    check_output(out, force=True, inputs=[candidate, baseline])
+    # the same --out / --force rules as every command: a new folder, or with --force one slimdeploy wrote
+    check_output(out, force=force, inputs=[candidate, baseline])
     from slimdeploy.utils.device import resolve_device
 
     device = resolve_device(device)
@@ -80,7 +81,7 @@ def run_cmd(
     if allowed is not None and not report.get("partial"):
         problems = check(report, report, allowed, "candidate", "baseline")
         report["gate"] = {"max_slowdown": allowed, "pass": not problems, "problems": problems}
-    with atomic_dir(out, force=True, inputs=[candidate, baseline], what="bench") as tmp:
+    with atomic_dir(out, force=force, inputs=[candidate, baseline], what="bench") as tmp:
         write_bench(report, tmp)
     if report.get("partial"):
         raise SlimdeployError(f"the run stopped early: {report['error']} (partial results in {out}/bench.json)")

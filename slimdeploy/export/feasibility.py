@@ -19,7 +19,7 @@ VLLM_CPU_MIN_HEAD_DIM = 32  # vLLM's CPU attention rejects smaller head sizes (8
 
 
 def read_config(model_dir: Path) -> dict:
-    """config.json of a model folder, or a one-line refusal."""
+    """config.json of a model folder (as slimdeploy reads it: `logical_config`), or a one-line refusal."""
     cfg_path = Path(model_dir) / "config.json"
     if not cfg_path.is_file():
         raise SlimdeployError(f"{model_dir} is not a model directory (no config.json); pass a model folder")
@@ -29,7 +29,9 @@ def read_config(model_dir: Path) -> dict:
         raise SlimdeployError(f"{cfg_path} is not valid JSON ({exc}); re-export the model") from None
     if not isinstance(config, dict):
         raise SlimdeployError(f"{cfg_path} is not a JSON object; re-export the model")
-    return config
+    from slimdeploy.load.decilm_format import logical_config
+
+    return logical_config(config)  # a per-layer output stored as DeciLM reads as its stock config + widths
 
 
 def head_dim_of(config: dict) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.export.feasibility import read_config
 from slimdeploy.export.vllm import check_supported
 from slimdeploy.utils.fs import atomic_dir
 
@@ -188,7 +189,8 @@ def export_onnx(
             raise SlimdeployError(f"torch.onnx could not export this model in {dtype}: {msg}") from None
         report["export_seconds"] = round(time.perf_counter() - t0, 1)
         (tmp / "onnx_config.json").write_text(json.dumps(io, indent=1))
-        shutil.copy2(model_dir / "config.json", tmp / "config.json")
+        # the stock config (+ per-layer widths): a DeciLM one would name code files this folder does not hold
+        (tmp / "config.json").write_text(json.dumps(read_config(model_dir), indent=2))
         for name in TOKENIZER_FILES + ("generation_config.json",):
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, tmp / name)

@@ -41,6 +41,13 @@ def compare_tokens(reference: list[list[int]], candidate: list[list[int]]) -> di
 
 
 def default_prompts(tokenizer) -> list[list[int]]:
+    if tokenizer is None:
+        from slimdeploy.errors import SlimdeployError
+
+        raise SlimdeployError(
+            "the model has no tokenizer files, so its export cannot be verified; copy tokenizer.json / "
+            "tokenizer_config.json from the source model into the folder"
+        )
     texts = [
         "def fibonacci(n):\n",
         "import os\nimport sys\n\n",

@@ -7,6 +7,7 @@ its widths, then reads the safetensors (vLLM loads them through the DeciLM expor
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,41 +33,91 @@ def save_model(model, tokenizer, out_dir: Path, record: PruneRecord | None = Non
     A model still wrapped with LoRA layers (an adapter not merged yet) is saved as its frozen base weights,
     under the base model's own names: the adapter is saved on its own."""
     check_finite(model, "refusing to save the model")
+    per_layer = bool(getattr(model.config, "slimdeploy_layer_widths", None))
+    if per_layer:  # no stock config describes it: saved as DeciLM files, if that format can carry the family
+        from slimdeploy.load.decilm_format import check_representable, write_decilm_in_place
+
+        check_representable(model.config.to_dict())
     state = model.state_dict()
     if any(".base_layer." in k for k in state):
         state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
         model.save_pretrained(out_dir, state_dict=state)
     else:
         model.save_pretrained(out_dir)
+    if per_layer:
+        write_decilm_in_place(Path(out_dir))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     if record is not None:
         record.save(out_dir)
 
 
+# files of a model folder that describe the tokenizer and generation: every output carries them, whether or not
+# the stage that wrote it read them (a data-free prune never tokenizes, yet its output is evaluated and exported)
+AUX_FILES = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "chat_template*",
+    "generation_config.json",
+    "LICENSE*",
+)
+
+
+def copy_aux_files(model_dir: Path | str, out_dir: Path) -> list[str]:
+    """Copy the tokenizer, chat template and generation files of `model_dir` that `out_dir` lacks."""
+    copied = []
+    src = Path(model_dir)
+    if not src.is_dir():
+        return copied
+    for pattern in AUX_FILES:
+        for f in sorted(src.glob(pattern)):
+            if f.is_file() and not (out_dir / f.name).exists():
+                shutil.copy2(f, out_dir / f.name)
+                copied.append(f.name)
+    return copied
+
+
 def load_per_layer(path: Path, dtype):
-    """A model whose layers have different widths (config.slimdeploy_layer_widths), from safetensors."""
+    """A model whose layers have different widths, from our DeciLM checkpoint (or an earlier version's stock
+    config with `slimdeploy_layer_widths`): the stock model narrowed to each layer's widths, without padding."""
+    import json
+
     from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     from slimdeploy.analyze.adapters import decoder_layers
     from slimdeploy.analyze.slicing import prune_attention, prune_mlp
+    from slimdeploy.load.decilm_format import BASE_KEY, logical_config, unpad_state
 
-    config = AutoConfig.from_pretrained(path)
+    raw = json.loads((path / "config.json").read_text())
+    logical = logical_config(raw)
+    config = CONFIG_MAPPING[logical["model_type"]].from_dict(logical)
     widths = config.slimdeploy_layer_widths
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if dtype == "auto" else dtype)
     for layer, w in zip(decoder_layers(model), widths, strict=True):
         prune_mlp(layer, torch.arange(w["intermediate"]))
         kv = torch.arange(w["kv_heads"])
-        per = w["heads"] // w["kv_heads"]
+        per = w["heads"] // w["kv_heads"] if w["kv_heads"] else 0
         q_per_kv = config.num_attention_heads // config.num_key_value_heads
-        heads = torch.cat([g * q_per_kv + torch.arange(per) for g in kv.tolist()])
+        heads = torch.cat([g * q_per_kv + torch.arange(per) for g in kv.tolist()]) if per else kv
         prune_attention(layer, heads, kv)
     state = {}
     for shard in sorted(path.glob("*.safetensors")):
         state.update(load_file(shard))
+    if BASE_KEY in raw:
+        state = unpad_state(state, raw)
+    live = {n for n, p in model.named_parameters() if p.numel()}  # a no-op block's empty tensors are not stored
+    for i, w in enumerate(widths):  # nor the norm in front of it (its output meets no weights)
+        if not w["heads"]:
+            live.discard(f"model.layers.{i}.input_layernorm.weight")
+        if not w["intermediate"]:
+            live.discard(f"model.layers.{i}.post_attention_layernorm.weight")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    missing = [m for m in missing if m in live and not (m == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise SlimdeployError(
             f"{path}: weights do not match the per-layer config (missing {missing[:3]}, unexpected {unexpected[:3]})"

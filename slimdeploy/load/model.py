@@ -290,9 +290,20 @@ def safetensors_params(model_dir: Path) -> int:
 
     total = 0
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        size = shard.stat().st_size
         with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            # the header length is checked against the file before anything that size is read
+            if not 0 < n <= size - 8:
+                raise SlimdeployError(
+                    f"corrupt safetensors file {shard}: its header claims {n} bytes of a {size}-byte file; "
+                    "re-download or re-export it"
+                )
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise SlimdeployError(f"corrupt safetensors file {shard}: unreadable header; re-export it") from None
         for name, meta in header.items():
             if name != "__metadata__":
                 count = 1

@@ -46,7 +46,9 @@ def model_config(model_spec: str | None) -> tuple[str, dict | None]:
     path = Path(location)
     check_config(path)
     check_safetensors(path)
-    return kind, json.loads((path / "config.json").read_text())
+    from slimdeploy.load.decilm_format import logical_config
+
+    return kind, logical_config(json.loads((path / "config.json").read_text()))
 
 
 def check_data(stage, recipe: Recipe) -> None:
@@ -109,6 +111,13 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) ->
             per_layer = True
         if stage.kind == "recover" and stage.prune is not None and stage.prune.allocation == "global":
             per_layer = True
+        if per_layer and stage.kind in ("prune", "recover") and config is not None:
+            from slimdeploy.load.decilm_format import check_representable
+
+            try:  # per-layer widths are saved as DeciLM files: a family that format cannot carry fails now
+                check_representable(config)
+            except SlimdeployError as exc:
+                raise SlimdeployError(f"stages[{i}] ({stage.kind}, allocation global): {exc}") from None
         if stage.kind == "export" and config is not None:
             try:
                 check_exportable(config, stage.format, stage.dtype, stage.verify, per_layer or None)

@@ -17,7 +17,6 @@ factor) cannot run this way; `surgeon_layerwise` is the Surgeon's costs and upda
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +25,8 @@ import torch
 from slimdeploy.analyze.adapters import decoder_layers, family_of, layer_layout, linears
 from slimdeploy.analyze.slicing import drop_layers
 from slimdeploy.errors import SlimdeployError
+from slimdeploy.load.checkpoint import copy_aux_files
+from slimdeploy.load.decilm_format import write_decilm_in_place
 from slimdeploy.load.onload import (
     WeightIndex,
     layer_prefixes,
@@ -45,18 +46,6 @@ from slimdeploy.score.api import ScoreInputs, random_criterion
 from slimdeploy.score.registry import get_criterion
 from slimdeploy.score.stats import catch_layer0_inputs, layer_input_stats
 from slimdeploy.utils.memory import peak_rss_mb
-
-# files of a model folder that describe the tokenizer and generation, copied as they are
-AUX_FILES = (
-    "tokenizer*",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.*",
-    "merges.txt",
-    "chat_template*",
-    "generation_config.json",
-    "LICENSE*",
-)
 
 
 def check_sequential(config: PruneConfig) -> None:
@@ -220,7 +209,7 @@ def prune_sequential(
     del hidden
     if plan.layers_keep is not None:
         drop_layers(model, plan.layers_keep)
-    sync_config(model)
+    uniform = sync_config(model)
     # embeddings, final norm, LM head: untouched by structured pruning, copied from the source in `dtype`,
     # one tensor (and one shard) at a time: a 128k-vocabulary embedding is 1 GB in bf16
     for j, name in enumerate(rest, start=len(keep) + 1):
@@ -236,10 +225,9 @@ def prune_sequential(
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}, indent=1)
     )
-    for pattern in AUX_FILES:
-        for f in Path(model_dir).glob(pattern):
-            if f.is_file():
-                shutil.copy2(f, out_dir / f.name)
+    if not uniform:  # per-layer widths: the DeciLM files stock transformers loads (one shard at a time)
+        write_decilm_in_place(out_dir)
+    copy_aux_files(model_dir, out_dir)
     record.save(out_dir)
     report = prune_report(model, p0, config, update, [{"shot": 1, "params": p1}], t0)
     report |= {

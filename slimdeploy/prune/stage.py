@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from slimdeploy.errors import SlimdeployError
-from slimdeploy.load.checkpoint import save_model
+from slimdeploy.load.checkpoint import copy_aux_files, save_model
 from slimdeploy.load.data import calibration_data
 from slimdeploy.load.model import load_model, require_tokenizer
 from slimdeploy.prune.api import PruneConfig, prune
@@ -68,6 +68,7 @@ def prune_to_dir(
     check_dtype(dtype)
     inputs = [model_spec, config.data]
     check_output(out, force, inputs)  # before any weight loads
+    _check_allocation(model_spec, config)
     if sequential:
         from slimdeploy.prune.sequential import check_sequential
 
@@ -80,6 +81,21 @@ def prune_to_dir(
         return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype)
 
 
+def _check_allocation(model_spec, config: PruneConfig) -> None:
+    """Per-layer widths are saved as DeciLM files; refuse a model family that format cannot carry, now."""
+    if config.allocation != "global":
+        return
+    from slimdeploy.load.decilm_format import check_representable, logical_config
+    from slimdeploy.load.model import resolve_source
+
+    kind, location = resolve_source(model_spec)
+    if kind in ("dir", "demo") and (Path(location) / "config.json").is_file():
+        try:
+            check_representable(logical_config(json.loads((Path(location) / "config.json").read_text())))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return  # the loader names a broken config.json
+
+
 def _prune_locked(
     model_spec, config: PruneConfig, out: Path, inputs, force, trust_remote_code, progress, device, dtype
 ) -> dict:
@@ -87,12 +103,14 @@ def _prune_locked(
         from slimdeploy.load.data import load_texts
 
         load_texts(config.data, split="calibration")  # a missing or unreadable data file fails here, not later
-    loaded = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=needs_text(config), device=device)
+    # the tokenizer travels into the output whether or not the criterion reads text: eval and export need it
+    loaded = load_model(model_spec, dtype, trust_remote_code, device=device)
     report, record = prune_loaded(loaded, config, progress, record_for(loaded))  # a pruned input composes
     report["model"] = loaded.source
     report["device"], report["dtype"] = device, str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
     with atomic_dir(out, force, inputs, what="prune") as tmp:
         save_model(loaded.model, loaded.tokenizer, tmp, record)
+        copy_aux_files(loaded.source, tmp)  # chat template, generation config, licence the tokenizer did not write
         (tmp / "prune_report.json").write_text(json.dumps(report, indent=1))
     return report
 
@@ -122,7 +140,7 @@ def _prune_sequential_locked(
                 str(work_dtype).removeprefix("torch."), "fp32"
             )
         )
-    tokenizer = load_tokenizer(location, trust_remote_code) if needs_text(config) else None
+    tokenizer = load_tokenizer(location, trust_remote_code)  # checked now; its files are copied into the output
     batches, data_fp = _calibration(tokenizer, config, model_config, location, device)
     with atomic_dir(out, force, inputs, what="prune") as tmp:
         report, _ = prune_sequential(

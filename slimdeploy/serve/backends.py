@@ -39,8 +39,10 @@ def check_backend(backend: str) -> None:
 
 
 def source_facts(model_dir: Path, dtype: str) -> dict:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    from slimdeploy.load.decilm_format import logical_config
     from slimdeploy.load.model import safetensors_params
+
+    config = logical_config(json.loads((Path(model_dir) / "config.json").read_text()))
 
     n = safetensors_params(model_dir)
     if not n:

@@ -1,7 +1,8 @@
 """Outputs that appear whole or not at all, and never at the cost of what we did not write.
 
-Every directory slimdeploy writes carries `MARKER`. `--force` replaces only such a directory, and never the
-current directory, one of its parents, the home directory, `/`, or a directory that holds one of the inputs.
+Every directory slimdeploy writes carries `MARKER`, which lists the files written. `--force` replaces only such
+a directory that holds nothing else, and never the current directory, one of its parents, the home directory,
+`/`, or a directory that holds one of the inputs.
 A lock beside each output (fcntl, released when the process dies) keeps two runs out of the same place.
 """
 
@@ -19,22 +20,39 @@ from pathlib import Path
 from slimdeploy.errors import SlimdeployError
 
 MARKER = ".slimdeploy-output"
-# reports earlier versions wrote into their outputs: a directory holding one of these is ours too
 _HELD: set[str] = set()  # lock files this process holds
-LEGACY_REPORTS = ("prune_report.json", "export_report.json", "bench.json")
+
+
+def _files(path: Path) -> list[str]:
+    """Every file and link below `path`, relative, except the marker itself."""
+    return sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != MARKER
+    )
 
 
 def is_ours(path: Path) -> bool:
+    """True only for a directory holding our marker and nothing but the files the marker lists.
+
+    A report file of ours (bench.json, prune_report.json, ...) proves nothing: a user's folder may hold one
+    (a CI folder's saved reference, a copied report), so only the marker counts, and a file slimdeploy did
+    not write (the user's notes beside the weights) makes the whole folder not ours to replace."""
     path = Path(path)
-    if (path / MARKER).is_file() or any((path / name).is_file() for name in LEGACY_REPORTS):
-        return True
-    return (path / "report.json").is_file() and (path / "recipe.yaml").is_file()
+    try:
+        meta = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(meta, dict) or meta.get("written_by") != "slimdeploy" or not isinstance(meta.get("files"), list):
+        return False
+    return set(_files(path)) <= set(meta["files"])
 
 
 def write_marker(path: Path, what: str) -> None:
+    """Mark `path` as ours, listing every file in it now: --force may later replace exactly these."""
     from slimdeploy import __version__
 
-    (Path(path) / MARKER).write_text(json.dumps({"written_by": "slimdeploy", "version": __version__, "what": what}))
+    path = Path(path)
+    meta = {"written_by": "slimdeploy", "version": __version__, "what": what, "files": _files(path)}
+    (path / MARKER).write_text(json.dumps(meta, indent=1))
 
 
 def _local_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:
@@ -87,8 +105,8 @@ def check_output(out: Path, force: bool = False, inputs: Iterable[str | Path | N
             raise SlimdeployError(f"output {out} already exists; choose another path or pass --force")
         if not is_ours(out):
             raise SlimdeployError(
-                f"--force replaces only directories slimdeploy wrote, and {out} has no {MARKER}; "
-                "move it away or choose another --out"
+                f"--force replaces only directories slimdeploy wrote, and {out} has no {MARKER} or holds files "
+                "slimdeploy did not write; move it away or choose another --out"
             )
     return out
 

@@ -156,3 +156,16 @@ def test_shape_only_model_is_labelled(tmp_path, capsys):
     model = shape_model("smollm2-135m")
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert model.config.slimdeploy_shape_only == "smollm2-135m"
+
+
+def test_plot_concurrency_axis_has_integer_ticks_only(bench_report):
+    import matplotlib.pyplot as plt
+
+    from slimdeploy.serve.report import bench_figure
+
+    fig = bench_figure(json.loads(bench_report.read_text()))  # levels 1 and 2
+    try:
+        for ax in fig.axes:
+            assert list(ax.get_xticks()) == [1, 2]
+    finally:
+        plt.close(fig)

@@ -75,6 +75,22 @@ def test_ctrl_c_says_how_to_continue(tmp_path, tokenizer, text_file, capsys, mon
     assert json.loads((tmp_path / ".o.partial" / "state.json").read_text())["done"] == 1
 
 
+def test_ctrl_c_outside_compress_says_interrupted(tmp_path, tokenizer, capsys, monkeypatch):
+    """typer turns Ctrl-C into a silent exit code 130: every command still says what happened and what to do."""
+    from slimdeploy.prune import stage as stage_mod
+
+    model = save_tiny(tmp_path / "m", tokenizer)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage_mod, "prune_loaded", interrupted)
+    args = ["prune", "--model", str(model), "--criterion", "l2", "--ratio", "0.05", "--round-to", "8"]
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 130 and "interrupted: nothing half-written was kept" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 def test_stale_partials_of_a_killed_run_are_swept(tmp_path, tokenizer, capsys):
     model = save_tiny(tmp_path / "m", tokenizer)
     stale = tmp_path / ".o.partial-abc123"  # what atomic_dir leaves when its process is killed

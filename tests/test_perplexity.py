@@ -55,3 +55,23 @@ def test_stories260k_reference_figure():
     r = evaluate_perplexity(str(model), str(text))  # the whole file, as the README states it
     assert r["tokens_scored"] == 287_410
     assert r["nll"] == pytest.approx(1.60342, abs=5e-5) and r["ppl"] == pytest.approx(4.970, abs=5e-4)
+
+
+def test_window_nll_in_slices_equals_full_logits_and_bounds_the_head():
+    """Scoring a slice of positions at a time gives the full-logits NLL, and the LM head never produces more
+    than the budget of logits at once (the 14 GB peak of 2,048-token windows came from that)."""
+    from slimdeploy.evaluate.perplexity import token_nll, window_nll
+    from slimdeploy.load.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", hidden_size=64, intermediate_size=128, head_dim=16).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 40), generator=torch.Generator().manual_seed(1))
+    seen: list[int] = []
+    model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.numel()))
+    with torch.no_grad():
+        full = token_nll(model(input_ids=ids).logits, ids)
+        seen.clear()
+        budget = 3 * 7 * model.config.vocab_size  # 7 positions of 3 rows at a time
+        sliced = window_nll(model, ids, budget=budget)
+    assert sliced.shape == full.shape == (3, 39)
+    torch.testing.assert_close(sliced, full, atol=1e-5, rtol=1e-5)
+    assert len(seen) == 6 and max(seen) <= budget  # ceil(39 / 7) slices

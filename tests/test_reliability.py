@@ -233,6 +233,15 @@ CASES = [
     Case("bench-check-repeats", lambda c: _check(c, c.bench_json("n.json", repeats=5)), "repeats"),
     Case("bench-check-not-json", lambda c: _check(c, c.file("x.json", b"\xff\xfe")), "not a bench.json"),
     Case("bench-check-missing", lambda c: _check(c, c.tmp / "in" / "none.json"), "does not exist"),
+    # the gate never passes what it cannot compare
+    Case("bench-check-nan", lambda c: _check(c, c.bench_json("nan.json", models=_conc(float("nan")))), "median"),
+    Case("bench-check-null", lambda c: _check(c, c.bench_json("null.json", models=_conc(None))), "median"),
+    Case("bench-check-no-models", lambda c: _check(c, c.bench_json("e.json", models={})), "no model"),
+    Case(
+        "bench-check-ref-no-levels",
+        lambda c: ["bench", "check", str(c.bench_json("r.json")), "--against", str(_no_levels(c))],
+        "no concurrency levels",
+    ),
     # numbers out of range
     Case("eval-context-0", lambda c: ["eval", "--model", str(c.model), "--context-length", "0"], "--context-length"),
     Case("bench-output-len-0", lambda c: ["bench", "run", str(c.model), "--output-len", "0"], "--output-len"),
@@ -326,6 +335,15 @@ CASES = [
     ),
     Case("eval-json-unknown-option", lambda c: ["eval", "--json", "--nope"], "No such option"),
 ]
+
+
+def _conc(value) -> dict:
+    level = {"output_tok_s": {"median": value}, "tpot_s": {"p50": {"median": value}}}
+    return {"candidate": {"concurrency": {"1": level}}}
+
+
+def _no_levels(c: Ctx) -> Path:
+    return c.bench_json("ref-empty.json", models={"candidate": {"concurrency": {}}})
 
 
 def _task_dir(c: Ctx) -> Path:

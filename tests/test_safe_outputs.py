@@ -160,3 +160,20 @@ def test_resume_sweeps_half_written_exports(tmp_path):
     removed = sweep_work(work)
     assert sorted(p.name for p in (work / "exports").iterdir()) == ["vllm"]
     assert not (work / "export_src").exists() and "export_src" in removed
+
+
+def test_outputs_take_the_users_umask(tmp_path, tokenizer, capsys):
+    """A serving container running as another user must read the weights: no 0600 file, no 0700 folder."""
+    import os
+    import stat
+
+    model = save_tiny(tmp_path / "m", tokenizer)
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "o"
+        args = ["prune", "--model", str(model), "--criterion", "l2", "--round-to", "8", "--ratio", "0.05"]
+        assert run_cli([*args, "--out", str(out)], capsys)[0] == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
+    assert modes.pop("o") == 0o755 and set(modes.values()) == {0o644}, modes

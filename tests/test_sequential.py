@@ -259,3 +259,41 @@ def test_column_update_in_chunks_matches_the_formula(monkeypatch, chunk):
     got = surgeon.remove_columns_update(W, A_inv, removed)
     assert got.dtype == W.dtype
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_sequential_chosen_by_itself_when_the_model_would_not_fit(tmp_path, tokenizer, text_file, monkeypatch):
+    """With too little memory for the in-memory path: wanda goes sequential by itself, --no-sequential and
+    whole-model-backward criteria are refused in one line before any weight loads, and so is a recipe."""
+    from slimdeploy.errors import SlimdeployError
+    from slimdeploy.prune import stage as stage_mod
+    from slimdeploy.utils import memory
+
+    src = _source(tmp_path, tokenizer, "llama", False)
+    weights = stage_mod.weight_bytes_on_load(str(src), "fp32")
+    monkeypatch.setattr(memory, "available_bytes", lambda: weights)  # 1.3x the weights are needed
+    cfg = PruneConfig(criterion="wanda", ratio=0.12, round_to=8, n_samples=4, seq_len=32, data=str(text_file))
+    assert prune_to_dir(str(src), cfg, tmp_path / "auto")["sequential"] is True
+    with pytest.raises(SlimdeployError, match="drop --no-sequential"):
+        prune_to_dir(str(src), cfg, tmp_path / "no", sequential=False)
+    with pytest.raises(SlimdeployError, match="cannot run --sequential: criterion taylor"):
+        prune_to_dir(str(src), cfg.model_copy(update={"criterion": "taylor"}), tmp_path / "t")
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10 * weights)
+    assert "sequential" not in prune_to_dir(str(src), cfg, tmp_path / "mem")
+    assert not (tmp_path / "no").exists() and not (tmp_path / "t").exists()
+
+
+def test_recipe_refused_when_the_model_would_not_fit(tmp_path, tokenizer, monkeypatch, capsys):
+    import yaml
+    from conftest import run_cli
+
+    from slimdeploy.utils import memory
+
+    src = _source(tmp_path, tokenizer, "llama", False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "stages": [{"kind": "prune", "criterion": "l2"}]}))
+    code, _, err = run_cli(
+        ["compress", "--recipe", str(recipe), "--model", str(src), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 1 and "slimdeploy prune --sequential" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

@@ -67,12 +67,23 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
     return [*dict.fromkeys(flags), *(a for a in argv if a not in GLOBAL_FLAGS)]
 
 
+def _interrupted() -> None:
+    print(
+        "\ninterrupted: nothing half-written was kept (outputs appear only when complete); run the same "
+        "command again to start over (compress continues after its last finished stage)",
+        file=sys.stderr,
+    )
+    sys.exit(130)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and a non-zero exit."""
     if "--" not in sys.argv:
         sys.argv[1:] = hoist_global_flags(sys.argv[1:])
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer turns Ctrl-C into an exit code of 130, silently
+            _interrupted()
         sys.exit(rc if isinstance(rc, int) else 0)
     except SlimdeployError as exc:
         if FLAGS.debug:
@@ -80,14 +91,11 @@ def main() -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if exc.exit_code == 130:  # typer turns Ctrl-C into Exit(130), silently
+            _interrupted()
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        print(
-            "interrupted: nothing half-written was kept (outputs appear only when complete); run the same "
-            "command again to start over (compress continues after its last finished stage)",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+        _interrupted()
     except Exception as exc:  # click usage errors and anything unexpected: still one line
         if _is_click_error(exc):  # usage errors: one line too, with where to look
             ctx = getattr(exc, "ctx", None)

@@ -176,12 +176,14 @@ def prune_cmd(
     device: DeviceOpt = "cpu",
     dtype: Annotated[str, typer.Option("--dtype", help="fp32 | bf16 | fp16 | auto: the weights stay in it")] = "fp32",
     sequential: Annotated[
-        bool,
+        Optional[bool],
         typer.Option(
-            help="One decoder layer in memory at a time (models larger than memory; a local safetensors folder; "
-            "criteria without a whole-model backward: surgeon_layerwise, wanda, flap, l1, l2, random)."
+            "--sequential/--no-sequential",
+            help="One decoder layer in memory at a time (a local safetensors folder; criteria without a "
+            "whole-model backward: surgeon_layerwise, wanda, flap, l1, l2, random). Default: chosen by itself "
+            "when the model would not fit in available memory.",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
     """Structured pruning (heads, KV groups, MLP channels, layers) to a smaller dense model."""
     from slimdeploy.prune.api import PruneConfig

@@ -66,6 +66,35 @@ def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
+# vocabulary logits held at once while scoring: 2^25 floats (128 MB in fp32). A whole batch of 2,048-token
+# windows of a 49k vocabulary would be 3.2 GB, then the same again for log_softmax (14 GB peak seen).
+LOGIT_BUDGET = 2**25
+
+
+def _plain_head(model) -> bool:
+    """Logits are the output embedding of the decoder's last hidden state, nothing else (no softcap/scale)."""
+    cfg = model.config
+    has_parts = callable(getattr(model, "get_decoder", None)) and model.get_output_embeddings() is not None
+    return has_parts and not getattr(cfg, "final_logit_softcapping", None) and not getattr(cfg, "logit_scale", None)
+
+
+def window_nll(model, ids: torch.Tensor, budget: int = LOGIT_BUDGET) -> torch.Tensor:
+    """token_nll(model(ids).logits, ids), computed a slice of positions at a time, so that memory stays near
+    the model's own size whatever the window and vocabulary (the decoder runs once; only the head is sliced)."""
+    if not _plain_head(model):
+        return token_nll(model(input_ids=ids).logits, ids)
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state
+    head = model.get_output_embeddings()
+    step = max(1, budget // (ids.shape[0] * head.weight.shape[0]))
+    parts = []
+    for s in range(0, ids.shape[1] - 1, step):
+        e = min(s + step, ids.shape[1] - 1)
+        logits = head(hidden[:, s:e]).float()
+        parts.append(-torch.log_softmax(logits, dim=-1).gather(-1, ids[:, s + 1 : e + 1, None]).squeeze(-1))
+        del logits
+    return torch.cat(parts, dim=1)
+
+
 @torch.no_grad()
 def perplexity(model, stream: torch.Tensor, protocol: PerplexityProtocol, batch_size: int = 8, progress=None) -> dict:
     """Score `stream` (1-D token ids) under `protocol`; returns tokens scored, mean NLL, ppl, wall time."""
@@ -79,7 +108,7 @@ def perplexity(model, stream: torch.Tensor, protocol: PerplexityProtocol, batch_
         length = wins[i][1] - wins[i][0]
         group = [w for w in wins[i : i + batch_size] if w[1] - w[0] == length]  # batch equal lengths only
         ids = torch.stack([stream[b:e] for b, e, _ in group]).to(device)
-        nll = token_nll(model(input_ids=ids).logits, ids)
+        nll = window_nll(model, ids)
         for row, (b, e, first) in enumerate(group):
             scored = nll[row, first - b - 1 : e - b - 1]
             total += scored.double().sum().item()

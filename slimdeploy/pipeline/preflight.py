@@ -86,6 +86,25 @@ def check_data(stage, recipe: Recipe) -> None:
             resolve_device(stage.teacher_device, "recover.teacher_device")
 
 
+def check_fits(model_spec: str | None, recipe: Recipe) -> None:
+    """A recipe holds the whole model in memory from load to output; refuse one that would not fit."""
+    from slimdeploy.prune.stage import weight_bytes_on_load
+    from slimdeploy.utils.memory import available_bytes, prune_peak_estimate
+
+    if model_spec is not None and model_spec.startswith("shape:"):
+        return
+    weights = weight_bytes_on_load(model_spec, recipe.dtype)
+    if weights is None:
+        return
+    need, have = prune_peak_estimate(weights, False), available_bytes()
+    if need > have:
+        raise SlimdeployError(
+            f"this model needs about {need / 2**30:.1f} GB in memory for a recipe, {have / 2**30:.1f} GB available: "
+            "prune it first with `slimdeploy prune --sequential` (one layer at a time), then compress the pruned "
+            "folder with a recipe that has no prune stage"
+        )
+
+
 def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:
     """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts."""
     from slimdeploy.export.feasibility import check_exportable
@@ -95,6 +114,7 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) ->
     resolve_device(recipe.device)  # cuda on a machine without one: refused before anything else
     out = check_output(out, force, [model_spec, *data_inputs(recipe)])
     kind, config = model_config(model_spec)
+    check_fits(model_spec, recipe)
     for stage in recipe.stages:
         check_data(stage, recipe)
     if kind in ("dir", "demo"):

@@ -57,7 +57,7 @@ def prune_to_dir(
     progress=None,
     device: str = "cpu",
     dtype: str = "fp32",
-    sequential: bool = False,
+    sequential: bool | None = None,
 ) -> dict:
     """Load, calibrate, prune and save to `out` (whole or not at all). The weights stay in `dtype` (a bf16
     model is pruned in bf16; statistics and curvature accumulate in fp32/fp64) on `device`. `sequential`:
@@ -69,6 +69,7 @@ def prune_to_dir(
     inputs = [model_spec, config.data]
     check_output(out, force, inputs)  # before any weight loads
     _check_allocation(model_spec, config)
+    sequential = choose_sequential(model_spec, config, dtype, sequential)
     if sequential:
         from slimdeploy.prune.sequential import check_sequential
 
@@ -79,6 +80,46 @@ def prune_to_dir(
                 model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype
             )
         return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype)
+
+
+def weight_bytes_on_load(model_spec, dtype: str) -> int | None:
+    """Bytes the weights take once loaded in `dtype` (from the safetensors headers; None: not a local folder)."""
+    from slimdeploy.load.model import params_on_disk, resolve_source
+
+    params = params_on_disk(model_spec)
+    if not params:
+        return None
+    per = {"fp32": 4, "bf16": 2, "fp16": 2}.get(dtype)
+    if per is None:  # auto: the checkpoint's own dtype, i.e. the files' size
+        location = Path(resolve_source(model_spec)[1])
+        return sum(f.stat().st_size for f in location.glob("*.safetensors"))
+    return params * per
+
+
+def choose_sequential(model_spec, config: PruneConfig, dtype: str, sequential: bool | None) -> bool:
+    """`sequential` as asked; None: sequential when the in-memory prune would not fit in available memory.
+    A prune that would not fit and cannot run sequentially is refused in one line, before any weight loads."""
+    if sequential:
+        return True
+    from slimdeploy.utils.memory import available_bytes, prune_peak_estimate
+
+    weights = weight_bytes_on_load(model_spec, dtype)
+    if weights is None:
+        return False
+    need = prune_peak_estimate(weights, get_criterion(config.criterion).needs_grad)
+    have = available_bytes()
+    if need <= have:
+        return False
+    gb = f"about {need / 2**30:.1f} GB in memory, {have / 2**30:.1f} GB available"
+    if sequential is False:
+        raise SlimdeployError(f"this prune needs {gb}; drop --no-sequential (one layer in memory at a time)")
+    from slimdeploy.prune.sequential import check_sequential
+
+    try:
+        check_sequential(config)
+    except SlimdeployError as exc:
+        raise SlimdeployError(f"this prune needs {gb}, and it cannot run --sequential: {exc}") from None
+    return True
 
 
 def _check_allocation(model_spec, config: PruneConfig) -> None:

@@ -8,6 +8,8 @@ otherwise the comparison is refused: numbers from different setups are not compa
 
 from __future__ import annotations
 
+import math
+
 from slimdeploy.errors import SlimdeployError
 
 
@@ -48,19 +50,51 @@ def check(
                 f"reports are not comparable: {key} {got} vs {want} in the reference; "
                 "re-run the reference with the same settings"
             )
-    name = model or list(report["models"])[-1]
-    ref_name = ref_model or (model if model in reference["models"] else list(reference["models"])[-1])
-    got, ref = report["models"][name]["concurrency"], reference["models"][ref_name]["concurrency"]
+    name = _pick(report, "report", model)
+    ref_name = _pick(reference, "reference", ref_model or (model if model in reference["models"] else None))
+    got, ref = _levels(report, "report", name), _levels(reference, "reference", ref_name)
     problems = []
     for c, r in ref.items():
         if c not in got:
             raise SlimdeployError(f"concurrency {c} is in the reference but not in the report")
-        tput, tput_ref = got[c]["output_tok_s"]["median"], r["output_tok_s"]["median"]
+        tput, tput_ref = _median(got[c], "report", c, "output_tok_s"), _median(r, "reference", c, "output_tok_s")
         if tput < (1 - max_slowdown) * tput_ref:
             problems.append(f"concurrency {c}: output {tput:.1f} tok/s < {(1 - max_slowdown):.0%} of {tput_ref:.1f}")
-        tpot, tpot_ref = got[c]["tpot_s"]["p50"]["median"], r["tpot_s"]["p50"]["median"]
+        tpot, tpot_ref = _median(got[c], "report", c, "tpot_s", "p50"), _median(r, "reference", c, "tpot_s", "p50")
         if tpot > (1 + max_slowdown) * tpot_ref:
             problems.append(
                 f"concurrency {c}: TPOT {tpot * 1e3:.2f} ms > {1 + max_slowdown:.0%} of {tpot_ref * 1e3:.2f} ms"
             )
     return problems
+
+
+def _pick(report: dict, which: str, name: str | None) -> str:
+    models = report["models"]
+    if not models:
+        raise SlimdeployError(f"the {which} measured no model (empty models); re-run the benchmark")
+    if name is None:
+        return list(models)[-1]
+    if name not in models:
+        raise SlimdeployError(f"the {which} has no model {name!r} (it has {', '.join(models)})")
+    return name
+
+
+def _levels(report: dict, which: str, name: str) -> dict:
+    levels = report["models"][name].get("concurrency") if isinstance(report["models"][name], dict) else None
+    if not isinstance(levels, dict) or not levels:
+        raise SlimdeployError(
+            f"the {which}'s model {name!r} has no concurrency levels: nothing to compare; re-run the benchmark"
+        )
+    return levels
+
+
+def _median(level: dict, which: str, c: str, *path: str) -> float:
+    """A positive finite median, or a one-line refusal: a gate that compares NaN passes everything."""
+    value: object = level
+    for key in (*path, "median"):
+        value = value.get(key) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SlimdeployError(
+            f"the {which} has no usable {'.'.join(path)} median at concurrency {c} ({value!r}); re-run the benchmark"
+        )
+    return float(value)

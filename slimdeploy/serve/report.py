@@ -70,6 +70,14 @@ def write_bench(report: dict, out: Path) -> None:
 def plot_bench(report: dict, path: Path) -> None:
     """Per concurrency: output tok/s and TPOT p50 (median over repeats) per model, and the candidate's decode
     speedup next to the ideal from weight bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = bench_figure(report)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def bench_figure(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")  # no display; the bench may run on a headless CI box
@@ -88,12 +96,13 @@ def plot_bench(report: dict, path: Path) -> None:
         axes[2].plot(levels, [v["decode_speedup"] for v in vs.values()], marker="o", label="measured")
         axes[2].plot(levels, [v["ideal_speedup"] for v in vs.values()], linestyle="--", label="ideal (weight bytes)")
         axes[2].legend()
+    measured = sorted({int(c) for m in models.values() for c in m.get("concurrency", {})})
     for ax, label in zip(axes, ("output tokens/s", "TPOT p50 (ms)", "decode speedup (x)")):
         ax.set_xlabel("concurrency")
         ax.set_ylabel(label)
+        ax.set_xticks(measured)  # concurrency is a count: ticks at the measured levels only, never 1.5
     axes[0].legend()
     title = f"slimdeploy bench ({report['backend']}, {report['config']['dtype']})"
     fig.suptitle(title + (" - PARTIAL" if report.get("partial") else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

@@ -46,13 +46,32 @@ def is_ours(path: Path) -> bool:
     return set(_files(path)) <= set(meta["files"])
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give a finished output the user's usual modes: temporary directories (0700) and some writers' temporary
+    files (0600: transformers' safetensors) would hide the weights from a serving container's other user."""
+    mask = _umask()
+    for p in [Path(path), *Path(path).rglob("*")]:
+        if p.is_symlink():
+            continue
+        keep_exec = p.is_dir() or bool(p.stat().st_mode & 0o111)
+        p.chmod((0o777 if keep_exec else 0o666) & ~mask)
+
+
 def write_marker(path: Path, what: str) -> None:
-    """Mark `path` as ours, listing every file in it now: --force may later replace exactly these."""
+    """Mark `path` as ours, listing every file in it now (--force may later replace exactly these), and give
+    it the user's usual file modes: the marker is the last thing written into a finished output."""
     from slimdeploy import __version__
 
     path = Path(path)
     meta = {"written_by": "slimdeploy", "version": __version__, "what": what, "files": _files(path)}
     (path / MARKER).write_text(json.dumps(meta, indent=1))
+    apply_umask(path)
 
 
 def _local_inputs(inputs: Iterable[str | Path | None]) -> list[Path]:

@@ -79,8 +79,7 @@ def test_checksum_mismatch_caches_nothing(zoo, monkeypatch):
     monkeypatch.setitem(registry.ZOO, "tiny-test", bad)
     with pytest.raises(SlimdeployError, match="sha256"):
         registry.get("tiny-test")
-    assert not (tmp / "cache" / "zoo" / "tiny-test").exists()
-    assert not [p for p in (tmp / "cache" / "zoo").iterdir()]  # no partial, no lock
+    assert not (tmp / "cache").exists()  # no partial, no lock, no empty cache folder
 
 
 def test_offline_and_not_cached_names_the_fix(zoo, capsys, monkeypatch):
@@ -89,7 +88,15 @@ def test_offline_and_not_cached_names_the_fix(zoo, capsys, monkeypatch):
     code, _, err = run_cli(["inspect", "zoo:tiny-test"], capsys)
     last = err.strip().splitlines()[-1]  # (a progress note "downloading ..." may come first)
     assert code == 1 and err.count("error:") == 1 and last.startswith("error:") and "zoo get tiny-test" in last
-    assert not [p for p in (tmp / "cache" / "zoo").iterdir()]
+    assert not (tmp / "cache").exists()
+
+
+def test_dry_run_fetches_nothing(zoo, capsys):
+    """`compress --dry-run` validates against the catalogue entry: no download, no conversion, no cache."""
+    tmp, wheel = zoo
+    code, out, err = run_cli(["compress", "--model", "zoo:tiny-test", "--dry-run", "--out", str(tmp / "o")], capsys)
+    assert code == 0, err
+    assert "downloading" not in err and not (tmp / "cache").exists() and not (tmp / "o").exists()
 
 
 def test_unknown_zoo_name(capsys):
@@ -106,4 +113,4 @@ def test_unsupported_gguf_in_the_wheel_caches_nothing(zoo, tokenizer, monkeypatc
     )
     with pytest.raises(SlimdeployError, match="cannot load GGUF"):
         registry.get("tiny-test")
-    assert not [p for p in (tmp / "cache" / "zoo").iterdir()]
+    assert not (tmp / "cache").exists()

@@ -251,7 +251,7 @@ def compress_cmd(
     rec, path = load_recipe(recipe, data_sets + list(set_ or []))
     from slimdeploy.load.model import params_on_disk
 
-    n_params = params_on_disk(model or rec.model)
+    n_params = params_on_disk(model or rec.model, fetch=not dry_run)  # a dry run fetches nothing
     if n_params is not None and n_params > rec.real_model_min_params:
         if rec.real_model:
             rec, path = load_recipe(recipe, data_sets + list(set_ or []), n_params)
@@ -272,7 +272,7 @@ def compress_cmd(
     if dry_run:  # the checks run() starts with: model, data, output, exports; nothing loads
         from slimdeploy.pipeline.preflight import preflight
 
-        facts = preflight(rec, model or rec.model, out, force)
+        facts = preflight(rec, model or rec.model, out, force, fetch=False)
         emit(
             {"recipe": str(path), "resolved": rec.model_dump(mode="json"), "preflight": facts},
             lambda r: print(dump_recipe(rec)),

@@ -28,8 +28,9 @@ def torch_dtype(name: str):
     return table[name]
 
 
-def resolve_source(spec: str | None) -> tuple[str, str]:
-    """Say what `spec` is without loading anything: (kind, location)."""
+def resolve_source(spec: str | None, fetch: bool = True) -> tuple[str, str]:
+    """Say what `spec` is without loading anything: (kind, location). A zoo model is fetched and converted on
+    first use; with `fetch` False (dry runs) an uncached one is ("zoo", spec) and nothing is fetched."""
     if spec is None or spec == DEMO_NAME:
         path = demo_model_dir()
         if not (path / "model.safetensors").exists():
@@ -39,8 +40,11 @@ def resolve_source(spec: str | None) -> tuple[str, str]:
             )
         return "demo", str(path)
     if spec.startswith("zoo:"):
-        from slimdeploy.zoo.registry import resolve
+        from slimdeploy.zoo.registry import entry, is_cached, resolve
 
+        name = spec.removeprefix("zoo:")
+        if not fetch and entry(name).package is not None and not is_cached(name):
+            return "zoo", spec
         location = resolve(spec)
         return ("demo" if location == demo_model_dir() else "dir"), str(location)
     path = Path(spec).expanduser()
@@ -313,9 +317,14 @@ def safetensors_params(model_dir: Path) -> int:
     return total
 
 
-def params_on_disk(spec: str | None) -> int | None:
-    """Parameters of a model folder (the demo, a zoo model, a directory) without loading it; None otherwise."""
+def params_on_disk(spec: str | None, fetch: bool = True) -> int | None:
+    """Parameters of a model folder (the demo, a zoo model, a directory) without loading it; None otherwise.
+    An uncached zoo model under `fetch` False: the parameter count its catalogue entry states."""
     if spec is not None and spec.startswith("shape:"):
         return None
-    kind, location = resolve_source(spec)
+    kind, location = resolve_source(spec, fetch)
+    if kind == "zoo":
+        from slimdeploy.zoo.registry import entry
+
+        return int(float(entry(location.removeprefix("zoo:")).params.removesuffix("M")) * 1e6)
     return safetensors_params(Path(location)) if kind in ("dir", "demo") else None

@@ -34,13 +34,13 @@ def data_inputs(recipe: Recipe) -> list[str]:
     return paths
 
 
-def model_config(model_spec: str | None) -> tuple[str, dict | None]:
+def model_config(model_spec: str | None, fetch: bool = True) -> tuple[str, dict | None]:
     """(kind, config.json) of the model without loading weights; config None where only loading can tell."""
     from slimdeploy.load.model import check_config, check_safetensors, resolve_source
 
     if model_spec is not None and model_spec.startswith("shape:"):
         return "shape", None
-    kind, location = resolve_source(model_spec)
+    kind, location = resolve_source(model_spec, fetch)
     if kind not in ("dir", "demo"):
         return kind, None
     path = Path(location)
@@ -86,14 +86,14 @@ def check_data(stage, recipe: Recipe) -> None:
             resolve_device(stage.teacher_device, "recover.teacher_device")
 
 
-def check_fits(model_spec: str | None, recipe: Recipe) -> None:
+def check_fits(model_spec: str | None, recipe: Recipe, fetch: bool = True) -> None:
     """A recipe holds the whole model in memory from load to output; refuse one that would not fit."""
     from slimdeploy.prune.stage import weight_bytes_on_load
     from slimdeploy.utils.memory import available_bytes, prune_peak_estimate
 
     if model_spec is not None and model_spec.startswith("shape:"):
         return
-    weights = weight_bytes_on_load(model_spec, recipe.dtype)
+    weights = weight_bytes_on_load(model_spec, recipe.dtype, fetch)
     if weights is None:
         return
     need, have = prune_peak_estimate(weights, False), available_bytes()
@@ -105,20 +105,21 @@ def check_fits(model_spec: str | None, recipe: Recipe) -> None:
         )
 
 
-def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool) -> dict:
-    """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts."""
+def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fetch: bool = True) -> dict:
+    """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts.
+    `fetch` False (dry runs): an uncached zoo model is not fetched, and only what its catalogue says is checked."""
     from slimdeploy.export.feasibility import check_exportable
     from slimdeploy.load.model import has_tokenizer_files, resolve_source
     from slimdeploy.utils.device import resolve_device
 
     resolve_device(recipe.device)  # cuda on a machine without one: refused before anything else
     out = check_output(out, force, [model_spec, *data_inputs(recipe)])
-    kind, config = model_config(model_spec)
-    check_fits(model_spec, recipe)
+    kind, config = model_config(model_spec, fetch)
+    check_fits(model_spec, recipe, fetch)
     for stage in recipe.stages:
         check_data(stage, recipe)
     if kind in ("dir", "demo"):
-        location = Path(resolve_source(model_spec)[1])
+        location = Path(resolve_source(model_spec, fetch)[1])
         text_stages = [st.kind for st in recipe.stages if stage_needs_text(st)]
         if text_stages and not has_tokenizer_files(location):
             raise SlimdeployError(

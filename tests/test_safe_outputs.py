@@ -177,3 +177,36 @@ def test_outputs_take_the_users_umask(tmp_path, tokenizer, capsys):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.iterdir()]}
     assert modes.pop("o") == 0o755 and set(modes.values()) == {0o644}, modes
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MB tmpfs: a real ENOSPC (needs root to mount; skipped elsewhere)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()[:100]}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.parametrize("command", ["prune", "compress"])
+def test_full_disk_is_one_line_and_leaves_no_half_output(command, full_disk, tmp_path, tokenizer, capsys):
+    import yaml
+
+    model = save_tiny(tmp_path / "m", tokenizer)  # ~8 MB of weights for a 1 MB disk
+    if command == "prune":
+        args = ["prune", "--model", str(model), "--criterion", "l2", "--round-to", "8", "--ratio", "0.05"]
+    else:
+        recipe = tmp_path / "r.yaml"
+        stage = {"kind": "prune", "criterion": "l2", "ratio": 0.05, "round_to": 8}
+        recipe.write_text(yaml.safe_dump({"name": "r", "stages": [stage]}))
+        args = ["compress", "--recipe", str(recipe), "--model", str(model)]
+    code, _, err = run_cli([*args, "--out", str(full_disk / "o")], capsys)
+    assert code == 1 and err.startswith("error: no space left on device") and err.count("\n") == 1, err
+    assert not (full_disk / "o").exists()
+    left = [p.name for p in full_disk.iterdir()]
+    assert left == ([] if command == "prune" else [".o.partial"]), left  # compress keeps its finished stages

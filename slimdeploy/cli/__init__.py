@@ -67,6 +67,16 @@ def hoist_global_flags(argv: list[str]) -> list[str]:
     return [*dict.fromkeys(flags), *(a for a in argv if a not in GLOBAL_FLAGS)]
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, raised as OSError by Python or wrapped in a message by safetensors / torch."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
 def _interrupted() -> None:
     print(
         "\ninterrupted: nothing half-written was kept (outputs appear only when complete); run the same "
@@ -104,6 +114,13 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if FLAGS.debug:
             raise
+        if _disk_full(exc):
+            print(
+                "error: no space left on device while writing; free space or choose an --out on another disk "
+                "(nothing half-written was kept in the output; compress keeps its finished stages to resume)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         from slimdeploy.utils.device import missing_kernel
 
         if (why := missing_kernel(exc)) is not None:  # fp16/bf16 op without a kernel here: the input's dtype

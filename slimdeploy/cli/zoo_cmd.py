@@ -25,8 +25,8 @@ def train_demo_cmd(
     from slimdeploy.errors import SlimdeployError
     from slimdeploy.zoo.train_demo import DemoTrainConfig, train_demo
 
-    if out.exists() and any(out.iterdir()):
-        raise SlimdeployError(f"{out} exists and is not empty; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SlimdeployError(f"{out} exists and is not an empty directory; choose another --out")
     with progress_bar("training slimdeploy-demo") as update:
         summary = train_demo(
             work_dir,

@@ -61,7 +61,9 @@ def check_tasks(names: list[str], task_data: Path | None, limit: int | None) -> 
     known = set(tm.all_tasks)
     for name in names:
         if name not in known:
-            close = sorted(k for k in known if name.split("_")[0] in k)[:5]
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(known), n=5, cutoff=0.75)
             raise SlimdeployError(
                 f"lm-eval has no task {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
             )
@@ -73,11 +75,23 @@ def _check_file(name: str, task_data: Path) -> Path:
     path = task_data / f"{name}.jsonl"
     if not path.is_file():
         raise SlimdeployError(f"no {path.name} in {task_data}: --task-data needs one JSONL file per task")
+    first, lineno = None, 0
     try:
         with path.open(encoding="utf-8") as f:
-            first = json.loads(next(line for line in f if line.strip()))
-    except (StopIteration, json.JSONDecodeError, UnicodeDecodeError):
-        raise SlimdeployError(f"{path} is empty or not JSONL; one document per line in the hub schema") from None
+            for lineno, line in enumerate(f, start=1):  # every line: a bad one would fail inside lm-eval later
+                if line.strip():
+                    doc = json.loads(line)
+                    if not isinstance(doc, dict):
+                        raise ValueError("not a JSON object")
+                    first = first if first is not None else doc
+    except UnicodeDecodeError:
+        raise SlimdeployError(f"{path} is not UTF-8 text; one JSON document per line in the hub schema") from None
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise SlimdeployError(
+            f"{path}:{lineno} is not a JSON object ({str(exc).split(':')[0]}); one document per line"
+        ) from None
+    if first is None:
+        raise SlimdeployError(f"{path} is empty; one JSON document per line in the hub schema")
     missing = [k for k in SCHEMAS.get(name, ()) if k not in first]  # (first document only: the schema)
     if missing:
         raise SlimdeployError(

@@ -67,9 +67,13 @@ def load_texts(source: str | None, split: str = "eval") -> TextSource:
         raise SlimdeployError(f"data file {source} does not exist; pass a .txt, .jsonl file or hf:NAME:SPLIT")
     if path.is_dir():
         raise SlimdeployError(f"data path {source} is a directory; pass a .txt or .jsonl file")
+    if not path.is_file():
+        raise SlimdeployError(f"data path {source} is not a regular file; pass a .txt or .jsonl file")
+    if path.suffix == "":  # a system file (/etc/...) or a typo: text is named for what it is
+        raise SlimdeployError(f"data file {source} has no suffix; name text .txt (or .jsonl, one document a line)")
     if path.suffix == ".jsonl":
         docs = read_jsonl(path)
-    elif path.suffix in TEXT_SUFFIXES or path.suffix == "":
+    elif path.suffix in TEXT_SUFFIXES:
         try:
             docs = [path.read_text(encoding="utf-8")]
         except UnicodeDecodeError:

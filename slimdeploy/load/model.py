@@ -111,6 +111,8 @@ def check_safetensors(path: Path) -> None:
                 raise ValueError("file too small")
         except Exception as exc:  # safetensors raises its own error types
             raise SlimdeployError(f"corrupt safetensors file {shard}: {exc}; re-download or re-export it") from None
+    if (path / "config.json").is_file():
+        check_layer_count(path)
 
 
 def load_model(
@@ -288,17 +290,17 @@ def _load(auto_model, auto_tok, location: str, kind: str, with_tokenizer: bool, 
     return Loaded(model=model, tokenizer=tokenizer, source=location, kind=kind)
 
 
-def safetensors_params(model_dir: Path) -> int:
-    """Parameter count from the safetensors headers (no weights read)."""
+def safetensors_headers(model_dir: Path) -> dict[str, dict]:
+    """Every tensor's header entry (dtype, shape, offsets) over a folder's shards; nothing else is read. Each
+    header's claimed length is checked against its file before that many bytes are read."""
     import struct
 
-    total = 0
+    out: dict[str, dict] = {}
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
         size = shard.stat().st_size
         with open(shard, "rb") as f:
             head = f.read(8)
             n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            # the header length is checked against the file before anything that size is read
             if not 0 < n <= size - 8:
                 raise SlimdeployError(
                     f"corrupt safetensors file {shard}: its header claims {n} bytes of a {size}-byte file; "
@@ -308,13 +310,43 @@ def safetensors_params(model_dir: Path) -> int:
                 header = json.loads(f.read(n))
             except (UnicodeDecodeError, json.JSONDecodeError):
                 raise SlimdeployError(f"corrupt safetensors file {shard}: unreadable header; re-export it") from None
-        for name, meta in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in meta["shape"]:
-                    count *= d
-                total += count
+        if not isinstance(header, dict):
+            raise SlimdeployError(f"corrupt safetensors file {shard}: unreadable header; re-export it")
+        out |= {k: v for k, v in header.items() if k != "__metadata__"}
+    return out
+
+
+def safetensors_params(model_dir: Path) -> int:
+    """Parameter count from the safetensors headers (no weights read)."""
+    total = 0
+    for meta in safetensors_headers(model_dir).values():
+        count = 1
+        for d in meta.get("shape", []):
+            count *= d
+        total += count
     return total
+
+
+def check_layer_count(path: Path) -> None:
+    """config.json's layer count against the layers the weights hold, before a model is built from it (a
+    config claiming a million layers would allocate until memory runs out)."""
+    from slimdeploy.load.decilm_format import logical_config
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # check_config names it
+    if not isinstance(config, dict):
+        return
+    claimed = logical_config(config).get("num_hidden_layers")
+    names = [k.split(".") for k in safetensors_headers(path) if k.startswith("model.layers.")]
+    layers = {int(parts[2]) for parts in names if len(parts) > 2 and parts[2].isdigit()}
+    held = max(layers) + 1 if layers else 0
+    if isinstance(claimed, int) and layers and claimed != held:
+        raise SlimdeployError(
+            f"{path / 'config.json'} says num_hidden_layers {claimed}, and the weights hold {held} layers: "
+            "missing or extra layers; repair config.json or re-export the model"
+        )
 
 
 def params_on_disk(spec: str | None, fetch: bool = True) -> int | None:

@@ -51,7 +51,7 @@ def model_config(model_spec: str | None, fetch: bool = True) -> tuple[str, dict 
     return kind, logical_config(json.loads((path / "config.json").read_text()))
 
 
-def check_data(stage, recipe: Recipe) -> None:
+def check_data(stage, recipe: Recipe, tokenizer=None) -> None:
     """Read and parse the stage's data now, so a bad file fails before any stage runs."""
     if stage.kind == "eval":
         from slimdeploy.load.data import load_texts
@@ -74,12 +74,16 @@ def check_data(stage, recipe: Recipe) -> None:
 
         load_texts(stage.data, split="calibration")
     elif stage.kind == "recover":
-        from slimdeploy.recover.data import recovery_docs
+        from slimdeploy.recover.data import pack_blocks, recovery_docs
 
         sources = stage.data if isinstance(stage.data, list) else [stage.data]
-        for source in sources:
+        for source in sources:  # rendered with the model's chat template and packed now, as the stage will
             if source is not None:
-                recovery_docs(source, stage.prompt_template)
+                docs, _ = recovery_docs(
+                    source, stage.prompt_template, tokenizer=tokenizer, chat_template=stage.chat_template
+                )
+                if tokenizer is not None:
+                    pack_blocks(tokenizer, docs, stage.seq_len)
         if stage.kd_weight > 0 and stage.teacher_device != "same":
             from slimdeploy.utils.device import resolve_device
 
@@ -116,8 +120,7 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fe
     out = check_output(out, force, [model_spec, *data_inputs(recipe)])
     kind, config = model_config(model_spec, fetch)
     check_fits(model_spec, recipe, fetch)
-    for stage in recipe.stages:
-        check_data(stage, recipe)
+    tokenizer = None
     if kind in ("dir", "demo"):
         location = Path(resolve_source(model_spec, fetch)[1])
         text_stages = [st.kind for st in recipe.stages if stage_needs_text(st)]
@@ -126,6 +129,12 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fe
                 f"the {text_stages[0]} stage needs text, and {location} has no tokenizer files; add them "
                 "(tokenizer.json / tokenizer_config.json) or drop the stages that read text"
             )
+        if any(st.kind == "recover" for st in recipe.stages):  # its chat template and block count, checked now
+            from slimdeploy.load.model import load_tokenizer
+
+            tokenizer = load_tokenizer(str(location))
+    for stage in recipe.stages:
+        check_data(stage, recipe, tokenizer)
     per_layer = False
     for i, stage in enumerate(recipe.stages):
         if stage.kind == "prune" and stage.allocation == "global":

@@ -164,7 +164,7 @@ def _prune_sequential_locked(
 ) -> dict:
     from transformers import AutoConfig
 
-    from slimdeploy.load.model import check_config, load_tokenizer, resolve_source, torch_dtype
+    from slimdeploy.load.model import check_config, check_safetensors, load_tokenizer, resolve_source, torch_dtype
     from slimdeploy.prune.sequential import prune_sequential
 
     kind, location = resolve_source(model_spec)
@@ -175,7 +175,16 @@ def _prune_sequential_locked(
         )
     path = Path(location)
     check_config(path)
-    model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_safetensors(path)  # a truncated or corrupt shard fails here, not half-way through the layers
+    from slimdeploy.utils.trust import remote_code_allowed
+
+    if "slimdeploy_layer_widths" in (path / "config.json").read_text():
+        raise SlimdeployError(
+            f"{path} has per-layer widths (an earlier global prune); sequential pruning reads stock layers: "
+            "prune it without --sequential"
+        )
+    trusted = remote_code_allowed(path, trust_remote_code)  # foreign code is refused without the flag
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=trusted)
     work_dtype = torch_dtype(dtype)
     if work_dtype == "auto":  # the checkpoint's own dtype (fp32 when it names none)
         work_dtype = getattr(model_config, "dtype", None) or torch_dtype("fp32")
@@ -194,7 +203,7 @@ def _prune_sequential_locked(
             tmp,
             device=device,
             dtype=work_dtype,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trusted,
             progress=progress,
         )
         report |= {"calibration": data_fp, "config": config.model_dump(), "model": location, "device": device}

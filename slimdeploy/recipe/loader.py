@@ -30,6 +30,8 @@ def builtin_recipes() -> dict[str, Path]:
 def find_recipe(spec: str) -> Path:
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise SlimdeployError(f"{spec} is a directory; pass a recipe .yaml file (or a built-in recipe name)")
         if not path.is_file():
             raise SlimdeployError(f"recipe file {spec} does not exist")
         return path
@@ -66,32 +68,64 @@ def _line_of(node, loc: tuple) -> int | None:
     return line
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+def check_shape(data: dict, where: str) -> None:
+    """A recipe's stages are a list of mappings, each with its kind: checked before anything indexes them."""
+    stages = data.get("stages")
+    if stages is None:
+        return  # the schema names the missing key
+    if not isinstance(stages, list):
+        raise SlimdeployError(f"{where}: stages must be a list of stages (- kind: prune ...)")
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict):
+            raise SlimdeployError(
+                f"{where}: stages[{i}] is {type(st).__name__} {st!r}, not a stage; write it as `- kind: {st}` "
+                "with its keys below"
+            )
+
+
+def apply_overrides(data: dict, overrides: list[str], label: str = "--set") -> tuple[dict, dict[tuple, str]]:
     """`stage.key=value` sets key in every stage of that kind; `stages.N.key=value` in stage N; `key=value`
-    at the top level. Values are parsed as YAML (numbers, booleans, lists)."""
+    at the top level. Values are parsed as YAML (numbers, booleans, lists). Also returns which recipe
+    locations each override set, so that a validation error there names the override, not a file line."""
+    touched: dict[tuple, str] = {}
     for item in overrides:
         if "=" not in item:
-            raise SlimdeployError(f"--set {item!r}: expected KEY=VALUE, e.g. prune.ratio=0.3")
+            raise SlimdeployError(f"{label} {item!r}: expected KEY=VALUE, e.g. prune.ratio=0.3")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())[:120]
+            raise SlimdeployError(f"{label} {key}: the value {raw!r} is not plain YAML ({first})") from None
         parts = key.split(".")
         stages = data.get("stages") or []
         if parts[0] == "stages" and len(parts) == 3 and parts[1].isdigit():
             idx = int(parts[1])
             if idx >= len(stages):
-                raise SlimdeployError(f"--set {key}: the recipe has {len(stages)} stages")
+                raise SlimdeployError(f"{label} {key}: the recipe has {len(stages)} stages")
             stages[idx][parts[2]] = value
+            touched[("stages", idx, parts[2])] = f"{label} {item}"
         elif len(parts) == 2:
-            hits = [s for s in stages if s.get("kind") == parts[0]]
+            hits = [i for i, s in enumerate(stages) if s.get("kind") == parts[0]]
             if not hits:
-                raise SlimdeployError(f"--set {key}: the recipe has no {parts[0]!r} stage")
-            for s in hits:
-                s[parts[1]] = value
+                raise SlimdeployError(f"{label} {key}: the recipe has no {parts[0]!r} stage")
+            for i in hits:
+                stages[i][parts[1]] = value
+                touched[("stages", i, parts[1])] = f"{label} {item}"
         elif len(parts) == 1:
             data[key] = value
+            touched[(key,)] = f"{label} {item}"
         else:
-            raise SlimdeployError(f"--set {key}: use KIND.KEY, stages.N.KEY or a top-level KEY")
-    return data
+            raise SlimdeployError(f"{label} {key}: use KIND.KEY, stages.N.KEY or a top-level KEY")
+    return data, touched
+
+
+def _override_of(loc: tuple, touched: dict[tuple, str]) -> str | None:
+    """The override that set the key a validation error points at (loc may hold the stage's kind tag)."""
+    for where, item in touched.items():
+        if where == loc[: len(where)] or (len(where) == 3 and loc[:2] == where[:2] and where[2] in loc[2:]):
+            return item
+    return None
 
 
 def real_model_overrides(data: dict, model_params: int | None) -> list[str]:
@@ -120,15 +154,21 @@ def load_recipe(spec: str, overrides: list[str] | None = None, model_params: int
         raise SlimdeployError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise SlimdeployError(f"{path}: a recipe is a mapping with name and stages")
-    data = apply_overrides(data, real_model_overrides(data, model_params) + list(overrides or []))
+    check_shape(data, str(path))
+    data, touched = apply_overrides(data, real_model_overrides(data, model_params), label=f"{path} real_model")
+    data, by_user = apply_overrides(data, list(overrides or []))
+    touched |= by_user
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(x) for x in err["loc"])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        line = _line_of(root, err["loc"]) if root is not None else None
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        override = _override_of(tuple(err["loc"]), touched)
+        if override is not None:
+            raise SlimdeployError(f"{override}: {key}: {msg}{more}") from None
+        line = _line_of(root, err["loc"]) if root is not None else None
         raise SlimdeployError(f"{path}:{line}: {key}: {msg}{more}") from None
     check_order(recipe)
     return recipe, path

@@ -16,6 +16,19 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.load.data import load_texts, token_stream
 
 
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The model's chat template applied (transformers renders it in a sandbox); a template that fails there,
+    one that reaches for the OS or includes files, is refused in one line."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as exc:  # jinja's SecurityError, TemplateError, TypeError from a broken template
+        first = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise SlimdeployError(
+            f"the model's chat template cannot render a conversation ({first}); repair chat_template in the "
+            "model's tokenizer files, or set recover.chat_template: off to use the prompt_template"
+        ) from None
+
+
 def alpaca_docs(path: Path, template: str, tokenizer=None) -> list[str]:
     """Instruction records as training text: the model's own chat template when `tokenizer` has one (a chat
     model stays a chat model), else `template` (Alpaca's prompt format)."""
@@ -40,7 +53,7 @@ def alpaca_docs(path: Path, template: str, tokenizer=None) -> list[str]:
         if tokenizer is not None:
             user = row["instruction"] + (f"\n\n{extra}" if extra else "")
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-            docs.append(tokenizer.apply_chat_template(messages, tokenize=False))
+            docs.append(render_chat(tokenizer, messages))
             continue
         block = f"### Input:\n{extra}\n\n" if extra else ""
         docs.append(template.format(instruction=row["instruction"], input_block=block, output=row["output"]))

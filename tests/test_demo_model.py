@@ -51,3 +51,18 @@ def test_vllm_greedy_equals_transformers():
     got = vllm_greedy(DEMO, prompts, 16, dtype="float32")
     result = compare_tokens(hf_greedy(loaded.model, prompts, 16), got)
     assert result["identical"] == result["prompts"] == 4, result
+
+
+def test_sample_prompts_fit_the_model(tokenizer):
+    """The code-trained demo continues code; a chat model is asked through its chat template; others get
+    plain questions (report.md's "greedy answers" once asked the demo chat questions: '# # # ...')."""
+    from slimdeploy.evaluate.samples import greedy_answers, prompt_style
+    from slimdeploy.load.model import demo_model_dir, load_model
+
+    demo = load_model(None)
+    assert prompt_style(demo.tokenizer, demo.source) == "code"
+    answers = greedy_answers(demo.model, demo.tokenizer, max_new_tokens=12, source=str(demo_model_dir()))
+    assert answers[0]["prompt"].startswith("def fibonacci") and answers[0]["answer"].strip()
+    assert prompt_style(demo.tokenizer, "/elsewhere") == "question"
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert prompt_style(tokenizer, demo.source) == "chat"

@@ -225,6 +225,6 @@ def _sample_lines(samples: dict) -> list[str]:
         "|---|---|---|",
     ]
     for b, a in zip(samples["before"], samples["after"], strict=True):
-        clean = [x.replace("|", "\\|").replace("\n", " ")[:160] for x in (b["prompt"], b["answer"], a["answer"])]
+        clean = [x.replace("|", "\\|").replace("\n", " ↵ ")[:160] for x in (b["prompt"], b["answer"], a["answer"])]
         lines.append("| " + " | ".join(clean) + " |")
     return lines

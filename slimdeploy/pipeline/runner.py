@@ -124,7 +124,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     else:
         loaded = load_model(model_spec, recipe.dtype, trust_remote_code, device=device)
         state = PipelineState(loaded.model, loaded.tokenizer, loaded.source, record=record_for(loaded))
-        before = greedy_answers(state.model, state.tokenizer)  # shown beside the compressed ones
+        before = greedy_answers(state.model, state.tokenizer, source=state.source)  # beside the compressed ones
         load_entry = {"kind": "load", "source": state.source, "samples": before}
         state.stages.append({**load_entry, **param_stats(state.model)})
         start = 0
@@ -164,7 +164,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         if (work / produced).exists():
             shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
-    after = greedy_answers(state.model, state.tokenizer)
+    after = greedy_answers(state.model, state.tokenizer, source=state.source)
     report = write_outputs(final, recipe, state.stages, model_spec, after)
     write_marker(final, "compress")
     check_output(out, force, [model_spec])  # re-checked: the run may have taken hours

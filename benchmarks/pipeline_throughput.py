@@ -7,6 +7,9 @@
   transformers loop over the same windows (`model(ids).logits` + cross-entropy), same dtype.
 - recovery: `slimdeploy.recover.train.recover` (LoRA r16 on all linears, bf16 autocast, AdamW, LM loss)
   against a plain PEFT loop with the same LoraConfig, optimizer, autocast, batches and steps.
+- zero-shot (with --task-data): `slimdeploy.evaluate.zeroshot.zero_shot` (lm-eval with the harness's
+  overhead, through our sliced-head LM) against a plain loop over the same lm-eval requests (one forward per
+  request, log_softmax over the continuation), per task (target: a plain loop's time x 1.5 at most).
 Each side runs `--repeats` times, alternating; the medians are compared (target: ours >= 0.9x).
 """
 
@@ -66,10 +69,73 @@ def plain_peft(model, blocks: torch.Tensor, steps: int, batch: int, lr: float) -
     return tokens / (time.perf_counter() - t0)
 
 
+def task_requests(task_name: str, task_data: str, limit: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The (context, continuation) pairs lm-eval scores for `limit` seeded documents of a task."""
+    import random
+
+    from lm_eval.tasks import get_task_dict
+
+    from slimdeploy.evaluate.zeroshot import _check_file, _lm_eval, _task_config
+
+    _, tm = _lm_eval()
+    task = get_task_dict([_task_config(tm, task_name, _check_file(task_name, Path(task_data)))], tm)[task_name]
+    n = len(task.eval_docs)
+    samples = sorted(random.Random(f"{seed}:{task_name}").sample(range(n), min(limit, n)))
+    task.build_all_requests(samples=samples)
+    return [inst.args for inst in task.instances]
+
+
+@torch.no_grad()
+def plain_zero_shot(model, tok, requests: list[tuple[str, str]]) -> float:
+    """Seconds for one forward per request and the continuation's log-likelihood (no batching)."""
+    t0 = time.perf_counter()
+    for context, continuation in requests:
+        ctx = tok(context, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
+        cont = tok(continuation, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ctx + cont])
+        logp = torch.log_softmax(model(input_ids=ids[:, :-1]).logits[0, -len(cont) :].float(), dim=-1)
+        logp.gather(-1, torch.tensor(cont)[:, None]).sum()
+    return time.perf_counter() - t0
+
+
+def ours_zero_shot(model, tok, task_name: str, task_data: str, limit: int) -> float:
+    from slimdeploy.evaluate.zeroshot import zero_shot
+
+    t0 = time.perf_counter()
+    zero_shot(model, tok, [task_name], Path(task_data), limit)
+    return time.perf_counter() - t0
+
+
+def zero_shot_rows(model, tok, tasks: list[str], task_data: str, limit: int, repeats: int) -> dict:
+    rows = {}
+    for name in tasks:
+        requests = task_requests(name, task_data, limit)
+        ours, plain = [], []
+        for _ in range(repeats):
+            ours.append(ours_zero_shot(model, tok, name, task_data, limit))
+            plain.append(plain_zero_shot(model, tok, requests))
+        rows[name] = {
+            "requests": len(requests),
+            "ours_s": [round(x, 2) for x in ours],
+            "plain_s": [round(x, 2) for x in plain],
+            "time_ratio": round(statistics.median(ours) / statistics.median(plain), 3),
+        }
+        print(name, rows[name], flush=True)
+    return rows
+
+
 def ours_recover(model, tok, data: str, steps: int, batch: int, seq_len: int, lr: float) -> float:
     cfg = RecoverConfig(data=data, steps=steps, batch_size=batch, seq_len=seq_len, lr=lr, rank=16, warmup=0, bf16=True)
     rep = recover(model, tok, cfg).report
     return rep["tokens"] / rep["seconds"]
+
+
+def host_isa() -> dict:
+    """Which CPU measured these numbers (AVX2-only hosts emulate bf16; AMX hosts compute it)."""
+    import platform
+
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return {"cpu_capability": cpu, "machine": platform.machine(), "processor": platform.processor() or None}
 
 
 def main() -> int:
@@ -82,11 +148,25 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dtype", default="fp32", help="eval weights dtype (recovery: fp32 weights + bf16 autocast)")
+    ap.add_argument("--task-data", default=None, help="folder of <task>.jsonl: also time zero-shot per task")
+    ap.add_argument("--tasks", default="arc_easy,piqa,boolq")
+    ap.add_argument("--limit", type=int, default=100, help="zero-shot documents per task")
+    ap.add_argument("--zero-shot-only", action="store_true", help="skip the eval and recovery rows")
     ap.add_argument("--out", default="benchmarks/results/pipeline_throughput.json")
     args = ap.parse_args()
     torch.manual_seed(0)
     base = load_model(args.model, args.dtype)
     tok = base.tokenizer
+    zs = None
+    if args.task_data:
+        zs = zero_shot_rows(base.model, tok, args.tasks.split(","), args.task_data, args.limit, args.repeats)
+    if args.zero_shot_only:
+        if zs is None:
+            ap.error("--zero-shot-only needs --task-data")
+        result = {"model": args.model, "settings": vars(args), "zero_shot": zs, "host": host_isa()}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        return 0
     stream = token_stream(tok, load_texts(args.data, split="eval").docs)[: args.eval_tokens]
     ev = {"ours": [], "plain": []}
     for _ in range(args.repeats):
@@ -112,6 +192,8 @@ def main() -> int:
         "recover_tok_s": {k: [round(v, 1) for v in vs] for k, vs in rec.items()},
         "eval_ratio": statistics.median(ev["ours"]) / statistics.median(ev["plain"]),
         "recover_ratio": statistics.median(rec["ours"]) / statistics.median(rec["plain"]),
+        "zero_shot": zs,
+        "host": host_isa(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -99,3 +99,29 @@ def test_cli_tasks_json(task_dir, tiny_dir, capsys):
         ["eval", "--model", str(tiny_dir), "--tasks", "piqa_x", "--task-data", str(task_dir)], capsys
     )
     assert code == 1 and err.count("\n") == 1 and "no task 'piqa_x'" in err
+
+
+def test_sliced_head_loglikelihoods_equal_hflm(tokenizer):
+    """Scoring only the continuation's positions gives HFLM's own (log-likelihood, is-greedy) per request,
+    on requests of mixed lengths, some truncated from the left."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.models.huggingface import HFLM
+
+    from slimdeploy.evaluate.lm_adapter import SlicedHeadLM
+    from slimdeploy.load.tiny import build_tiny_model
+
+    model = build_tiny_model("llama", hidden_size=64, intermediate_size=128, head_dim=16).eval()
+    g = torch.Generator().manual_seed(0)
+
+    def toks(n):
+        return torch.randint(1, 8000, (n,), generator=g).tolist()
+
+    requests = [(None, toks(c), toks(k)) for c, k in [(5, 1), (40, 3), (17, 8), (1, 2), (120, 4), (60, 1)]]
+    hf = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=64)
+    ours = SlicedHeadLM(pretrained=model, tokenizer=tokenizer, batch_size=4, max_length=64)
+    want = hf._loglikelihood_tokens(requests, disable_tqdm=True)
+    got = ours._loglikelihood_tokens(requests, disable_tqdm=True)
+    for (a, ga), (b, gb) in zip(want, got, strict=True):
+        assert abs(a - b) < 1e-3 * max(1.0, abs(a)) and ga == gb
+    greedy = requests[0][1] + [int(model(torch.tensor([requests[0][1]])).logits[0, -1].argmax())]
+    assert ours._loglikelihood_tokens([(None, greedy[:-1], greedy[-1:])], disable_tqdm=True)[0][1] is True

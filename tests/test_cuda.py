@@ -135,7 +135,8 @@ def test_recover_with_bf16_autocast_and_kd_on_cuda_matches_cpu(tiny_dir, tmp_pat
 def test_torch_bench_on_cuda(tiny_dir, tmp_path, capsys):
     out = tmp_path / "b"
     args = ["bench", "run", str(tiny_dir), "--baseline", str(tiny_dir), "--out", str(out), "--device", "cuda"]
-    code, _, err = run_cli([*args, "--concurrency", "1,2", "--repeats", "2", "--input-len", "16", "--output-len", "8"], capsys)
+    args += ["--concurrency", "1,2", "--repeats", "2", "--input-len", "16", "--output-len", "8"]
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "bench.json").read_text())
     assert report["device"].startswith("cuda") and report["models"]["candidate"]["concurrency"]["2"]

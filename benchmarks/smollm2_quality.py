@@ -21,8 +21,9 @@ Evaluation never touches recovery text: WikiText-2 raw test under the `wikitext2
 documents (standard errors from lm-eval). Rows are appended to the results JSON as they finish, and each
 pruned model is kept with its evaluation under --work, so an interrupted run resumes with --resume from
 its last finished row, or from the pruned model when it died during recovery (rows that differ only in
-recovery settings share that pruned model too). BoolQ in ../shared has label 1 on every row (see README):
-reported, and the means are given with and without it.
+recovery settings share that pruned model too). BoolQ in ../shared had label 1 on every row until
+2026-12-07 (rows measured before then measure a yes-bias; docs/evaluation.md): the means are given with and
+without it.
 """
 
 from __future__ import annotations

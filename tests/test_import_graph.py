@@ -22,6 +22,7 @@ LAYERS = [
     ["slimdeploy.prune"],
     ["slimdeploy.recover"],
     ["slimdeploy.merge"],
+    ["slimdeploy.quantize"],
     ["slimdeploy.export"],
     ["slimdeploy.serve"],
     ["slimdeploy.recipe"],

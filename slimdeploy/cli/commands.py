@@ -314,17 +314,58 @@ def export_cmd(
     from slimdeploy.export.api import run_export
 
     report = run_export(model_dir, out, format, dtype, tp_size, verify=not no_verify, force=force)
-    v = report.get("verification")
+    from slimdeploy.export.verify import verification_line
+
+    emit(report, lambda r: print(f"{format} export written to {out}; {verification_line(r.get('verification'))}"))
+
+
+def quantize_cmd(
+    model: Annotated[
+        Optional[str], typer.Argument(help="Model folder, zoo:NAME or hub id (default: the demo).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (written whole or not at all).")] = Path(
+        "quantized"
+    ),
+    scheme: Annotated[str, typer.Option(help="w8a8 (int8 weights + per-token int8 activations) | w4a16")] = "w8a8",
+    method: Annotated[str, typer.Option(help="gptq (calibrated) | rtn (round to nearest)")] = "gptq",
+    group_size: Annotated[Optional[int], typer.Option(help="w4a16 group size (default 128).")] = None,
+    ignore: Annotated[str, typer.Option(help="Comma list of module names kept unquantized.")] = "lm_head",
+    actorder: Annotated[bool, typer.Option(help="GPTQ: columns by decreasing activation energy (w8a8).")] = False,
+    data: Annotated[Optional[str], typer.Option(help="Calibration text (default: demo corpus split).")] = None,
+    n_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 32,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 256,
+    force: Annotated[bool, typer.Option(help="Replace an existing output directory (one slimdeploy wrote).")] = False,
+    trust_remote_code: TrustOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Post-training weight quantization into a compressed-tensors checkpoint (from_pretrained and vLLM load it)."""
+    from slimdeploy.quantize.config import QuantizeConfig
+    from slimdeploy.quantize.stage import quantize_to_dir
+    from slimdeploy.recipe.validate import config_or_error
+
+    cfg = config_or_error(
+        QuantizeConfig,
+        dict(
+            scheme=scheme,
+            method=method,
+            group_size=group_size,
+            ignore=[s.strip() for s in ignore.split(",") if s.strip()],
+            actorder=actorder,
+            data=data,
+            n_samples=n_samples,
+            seq_len=seq_len,
+        ),
+        "quantize",
+    )
+    with progress_bar(f"quantizing ({scheme}, {method})") as update:
+        report = quantize_to_dir(model, cfg, out, force, trust_remote_code, update, device)
+    b = report["weight_file_bytes"]
     emit(
         report,
         lambda r: print(
-            f"{format} export written to {out}"
-            + (
-                f"; greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts "
-                f"x {v['tokens_per_prompt']} tokens ({v['dtype']})"
-                if v
-                else "; not verified"
-            )
+            f"{r['quantized_modules']} linear layers to {r['scheme']['weights']} ({cfg.method}); weight files "
+            + (f"{b['before'] / 1e6:.1f} MB -> " if b["before"] else "")
+            + f"{b['after'] / 1e6:.1f} MB; saved to {out}"
         ),
     )
 
@@ -333,5 +374,6 @@ def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
     app.command("inspect")(inspect_cmd)
     app.command("prune")(prune_cmd)
+    app.command("quantize")(quantize_cmd)
     app.command("compress")(compress_cmd)
     app.command("export")(export_cmd)

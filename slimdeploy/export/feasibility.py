@@ -92,6 +92,13 @@ def check_vllm(config: dict, dtype: str, verify: bool, per_layer: bool) -> None:
     if per_layer and sliding and config.get("use_sliding_window", True):
         if sliding < config.get("max_position_embeddings", sliding + 1):
             raise SlimdeployError("the DeciLM format has no sliding-window attention; prune with allocation uniform")
+    if verify:  # a quantized checkpoint: does vLLM have a kernel for its scheme on this machine?
+        from slimdeploy.quantize.serving import check_served
+
+        try:
+            check_served(config, _has_cuda())
+        except SlimdeployError as exc:
+            raise SlimdeployError(f"{exc} (or export with --no-verify to serve it elsewhere)") from None
     hd = head_dim_of(config)
     if verify and hd < VLLM_CPU_MIN_HEAD_DIM and not _has_cuda():
         raise SlimdeployError(

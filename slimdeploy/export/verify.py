@@ -55,3 +55,18 @@ def default_prompts(tokenizer) -> list[list[int]]:
         "    for i in range(10):\n",
     ]
     return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def verification_line(v: dict | None) -> str:
+    """One line for an export report's verification (token identity, or agreement for quantized exports)."""
+    if not v:
+        return "not verified"
+    if "agreement" in v:
+        return (
+            f"{v['runtime']} ({v['dtype']}) agrees with a simulation of the quantized scheme at "
+            f"{v['agreeing']}/{v['positions']} positions (floor {v['floor']:.0%})"
+        )
+    return (
+        f"greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts x "
+        f"{v['tokens_per_prompt']} in {v.get('runtime', 'the runtime')} ({v['dtype']})"
+    )

@@ -84,6 +84,11 @@ def export_vllm(
     report["tensor_parallel"] = tp_readiness(config, tp_size)
     report["head_dim"] = head_dim_of(config)
     report["cpu_attention_ok"] = report["head_dim"] >= VLLM_CPU_MIN_HEAD_DIM
+    from slimdeploy.quantize.serving import scheme_of
+
+    quantized = scheme_of(config)
+    if quantized:
+        report["quantization"] = quantized
     with atomic_dir(out, force, [model_dir], what="export") as tmp:
         if per_layer:
             write_nemotron_nas(tmp, config, state)
@@ -97,7 +102,9 @@ def export_vllm(
             loaded.model.generation_config.save_pretrained(tmp)
         if per_layer:
             report["transformers_parity"] = check_reload(tmp, loaded)
-        if verify:
+        if verify and quantized:
+            report["verification"] = verify_quantized_vllm(tmp, loaded, n_tokens, config)
+        elif verify:
             report["verification"] = verify_vllm(
                 tmp, loaded, n_tokens, tp_size if report["tensor_parallel"]["ok"] else 1
             )
@@ -135,6 +142,32 @@ def check_reload(export_dir: Path, loaded, atol: float = 1e-5) -> dict:
             f"the DeciLM checkpoint's logits differ from the source by {worst:.2e} (> {atol}); not written"
         )
     return {"max_abs_logit_diff": worst, "atol": atol, "dtype": "float32"}
+
+
+def verify_quantized_vllm(export_dir: Path, loaded, n_tokens: int, config: dict) -> dict:
+    """vLLM's greedy tokens for a quantized checkpoint, checked against a torch simulation of its scheme by
+    teacher-forced top-1 agreement (quantize/serving.py says why and states the floor)."""
+    import torch
+
+    from slimdeploy.export.verify import default_prompts
+    from slimdeploy.export.vllm_runner import vllm_greedy
+    from slimdeploy.quantize.serving import AGREEMENT_FLOOR, check_served, teacher_forced_agreement
+
+    dtype = check_served(config, torch.cuda.is_available()) or "float32"
+    prompts = default_prompts(loaded.tokenizer)
+    t0 = time.perf_counter()
+    got = vllm_greedy(
+        export_dir, prompts, n_tokens, dtype=dtype, max_model_len=min(512, loaded.model.config.max_position_embeddings)
+    )
+    result = {"dtype": dtype, "runtime": "vllm", "check": "teacher-forced top-1 agreement with a torch simulation"}
+    result |= teacher_forced_agreement(loaded.model, config, prompts, got)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if result["agreement"] < AGREEMENT_FLOOR:
+        raise SlimdeployError(
+            f"vLLM's tokens for the quantized checkpoint agree with the simulation of its scheme at "
+            f"{result['agreement']:.1%} of positions (< {AGREEMENT_FLOOR:.0%}); export not written"
+        )
+    return result
 
 
 def verify_vllm(export_dir: Path, loaded, n_tokens: int, tp_size: int = 1) -> dict:

@@ -162,13 +162,10 @@ def write_outputs(
 
 def _artifact_line(s: dict) -> str:
     if s["kind"] == "export":
+        from slimdeploy.export.verify import verification_line
+
         v = s.get("verification")
-        check = (
-            f"greedy tokens identical for {v['identical']}/{v['prompts']} prompts x {v['tokens_per_prompt']} "
-            f"in {v['runtime']} ({v['dtype']})"
-            if v
-            else "not verified"
-        )
+        check = verification_line(v)
         if v and "max_abs_logit_diff" in v:
             check += f"; logits within atol {v['atol']} / rtol {v['rtol']} (max |diff| {v['max_abs_logit_diff']})"
         return f"- export `{s['path']}`: {check}"

@@ -1,0 +1,1 @@
+"""Post-training weight quantization (RTN, GPTQ) written as compressed-tensors checkpoints."""

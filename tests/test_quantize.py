@@ -185,3 +185,59 @@ def test_w8a8_export_served_by_vllm_agrees_with_the_simulation(tmp_path, capsys)
     assert code == 0, err
     v = json.loads((tmp_path / "v" / "export_report.json").read_text())["verification"]
     assert v["agreement"] >= 0.95 and v["positions"] == 64
+
+
+def _recipe(tmp_path, stages) -> str:
+    import yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"name": "r", "stages": stages}))
+    return str(path)
+
+
+def test_quantize_stage_in_a_recipe_writes_the_quantized_output(tmp_path, tokenizer, text_file, capsys):
+    """prune -> quantize -> eval: the output is the compressed-tensors checkpoint, the eval after quantize
+    measures the quantized model (its own label), and the run resumes like any other."""
+    import json
+
+    from conftest import run_cli
+
+    src = _tiny(tmp_path / "src", tokenizer)
+    stages = [
+        {"kind": "prune", "criterion": "l2", "ratio": 0.05, "round_to": 8},
+        {"kind": "eval", "data": str(text_file), "max_tokens": 2000},
+        {"kind": "quantize", "scheme": "w8a8", "method": "gptq", "data": str(text_file), "n_samples": 4,
+         "seq_len": 64},
+        {"kind": "eval", "data": str(text_file), "max_tokens": 2000},
+    ]  # fmt: skip
+    args = ["--json", "compress", "--recipe", _recipe(tmp_path, stages), "--model", str(src)]
+    code, out, err = run_cli([*args, "--out", str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    ppl = json.loads(out)["summary"]["perplexity"]
+    assert set(ppl) == {"pruned", "pruned w8a8"} and ppl["pruned w8a8"] != ppl["pruned"]
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert (tmp_path / "o" / "pruning.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "stages,match",
+    [
+        ([{"kind": "quantize", "method": "rtn"}, {"kind": "prune", "criterion": "l2"}], "move this stage before"),
+        ([{"kind": "quantize", "method": "rtn"}, {"kind": "export", "format": "onnx"}], "vLLM only"),
+        ([{"kind": "quantize", "method": "rtn"}, {"kind": "bench"}], "backend vllm"),
+        (
+            [{"kind": "prune", "criterion": "l2", "allocation": "global", "ratio": 0.05, "round_to": 8},
+             {"kind": "quantize", "method": "rtn"}],
+            "not quantized yet",
+        ),
+    ],
+)  # fmt: skip
+def test_quantize_recipes_refused_before_any_work(stages, match, tmp_path, tokenizer, capsys):
+    from conftest import run_cli
+
+    src = _tiny(tmp_path / "src", tokenizer)
+    args = ["compress", "--recipe", _recipe(tmp_path, stages), "--model", str(src), "--out", str(tmp_path / "o")]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and match in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.partial*"))

@@ -27,6 +27,23 @@ def check_finite(model, source: str) -> None:
             raise SlimdeployError(f"{source}: weight {name} contains NaN or Inf; repair or re-export the model")
 
 
+def _save_quantized(model, out_dir: Path) -> None:
+    """A model carrying compressed-tensors schemes (loaded from, or made by, the quantize stage): compress a
+    copy (compression works in place, and the model keeps computing after this save) and write the
+    checkpoint with its quantization_config."""
+    import copy
+
+    from compressed_tensors.compressors import ModelCompressor
+
+    bits = {m.quantization_scheme.weights.num_bits for m in model.modules() if hasattr(m, "quantization_scheme")}
+    fmt = "pack-quantized" if bits == {4} else "int-quantized"
+    frozen = copy.deepcopy(model)
+    compressor = ModelCompressor.from_pretrained_model(frozen, quantization_format=fmt)
+    compressor.compress_model(frozen)
+    frozen.save_pretrained(out_dir)
+    compressor.update_config(str(out_dir))
+
+
 def save_model(model, tokenizer, out_dir: Path, record: PruneRecord | None = None) -> None:
     """save_pretrained (safetensors) + tokenizer + the PruneRecord (pruning.json) into an existing directory.
 
@@ -39,7 +56,9 @@ def save_model(model, tokenizer, out_dir: Path, record: PruneRecord | None = Non
 
         check_representable(model.config.to_dict())
     state = model.state_dict()
-    if any(".base_layer." in k for k in state):
+    if any(hasattr(m, "quantization_scheme") for m in model.modules()):
+        _save_quantized(model, out_dir)
+    elif any(".base_layer." in k for k in state):
         state = {k.replace(".base_layer.", "."): v for k, v in state.items() if "lora_" not in k}
         model.save_pretrained(out_dir, state_dict=state)
     else:

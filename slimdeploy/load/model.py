@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,15 @@ def _load_on_cpu(spec: str | None, dtype: str, trust_remote_code: bool, with_tok
     return loaded
 
 
+def _compressed_tensors(location: str) -> bool:
+    path = Path(location) / "config.json"
+    try:
+        qc = json.loads(path.read_text()).get("quantization_config") if path.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(qc, dict) and qc.get("quant_method") == "compressed-tensors"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connection to the hub's endpoint, no retries: an unreachable hub is known in seconds."""
     import socket
@@ -254,8 +264,17 @@ def _tokenizer(auto_tok, location: str, kwargs: dict):
 
 
 def _load(auto_model, auto_tok, location: str, kind: str, with_tokenizer: bool, kwargs: dict) -> Loaded:
+    if _compressed_tensors(location):
+        # decompressed at load: compressed-tensors otherwise decompresses on the first call of the model's
+        # top-level forward, and our scoring calls the decoder directly. The modules keep the scheme
+        # (W8A8's activations are still quantized per token in forward): the model computes as quantized.
+        from transformers import CompressedTensorsConfig
+
+        kwargs = {**kwargs, "quantization_config": CompressedTensorsConfig(dequantize=True)}
     try:
-        model, info = auto_model.from_pretrained(location, output_loading_info=True, **kwargs)
+        with warnings.catch_warnings():  # "loading attributes will be overwritten": that is the point
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            model, info = auto_model.from_pretrained(location, output_loading_info=True, **kwargs)
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
         if "trust_remote_code" in msg:

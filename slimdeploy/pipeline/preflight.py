@@ -69,6 +69,10 @@ def check_data(stage, recipe: Recipe, tokenizer=None) -> None:
             wikitext_rows(stage.data or recipe.eval_data)
         else:
             load_texts(stage.data or recipe.eval_data, split="eval")
+    elif stage.kind == "quantize" and stage.method == "gptq" and stage.data is not None:
+        from slimdeploy.load.data import load_texts
+
+        load_texts(stage.data, split="calibration")
     elif stage.kind == "prune" and stage_needs_text(stage) and stage.data is not None:
         from slimdeploy.load.data import load_texts
 
@@ -109,6 +113,31 @@ def check_fits(model_spec: str | None, recipe: Recipe, fetch: bool = True) -> No
         )
 
 
+def check_quantized_serving(i: int, stage, quantized) -> None:
+    """A quantized model is a compressed-tensors checkpoint: vLLM serves it (where it has the kernel)."""
+    from slimdeploy.quantize.serving import check_scheme_served
+    from slimdeploy.utils.device import resolve_device
+
+    where = f"stages[{i}] ({stage.kind} {getattr(stage, 'format', getattr(stage, 'backend', ''))})"
+    if stage.kind == "export" and stage.format != "vllm":
+        raise SlimdeployError(
+            f"{where}: a quantized model exports as its compressed-tensors checkpoint for vLLM only; put this "
+            "export before the quantize stage"
+        )
+    if stage.kind == "bench" and stage.backend not in ("vllm", "vllm-server"):
+        raise SlimdeployError(
+            f"{where}: the {stage.backend} backend would time a simulation of the quantized scheme, not a "
+            "serving speed; bench a quantized model with backend vllm"
+        )
+    if stage.kind == "export" and not stage.verify:
+        return
+    scheme = {"weight_bits": quantized.bits, "activations": "int8" if quantized.scheme == "w8a8" else None}
+    try:
+        check_scheme_served(scheme, resolve_device("auto").startswith("cuda"))
+    except SlimdeployError as exc:
+        raise SlimdeployError(f"{where}: {exc}") from None
+
+
 def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fetch: bool = True) -> dict:
     """Raise a one-line SlimdeployError for the first thing that would make the run fail; returns facts.
     `fetch` False (dry runs): an uncached zoo model is not fetched, and only what its catalogue says is checked."""
@@ -136,7 +165,17 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fe
     for stage in recipe.stages:
         check_data(stage, recipe, tokenizer)
     per_layer = False
+    quantized = None
     for i, stage in enumerate(recipe.stages):
+        if stage.kind == "quantize":
+            if per_layer:
+                raise SlimdeployError(
+                    f"stages[{i}] (quantize): per-layer widths (allocation global) are not quantized yet; "
+                    "prune with allocation uniform before quantizing"
+                )
+            quantized = stage
+        if quantized is not None and stage.kind in ("export", "bench"):
+            check_quantized_serving(i, stage, quantized)
         if stage.kind == "prune" and stage.allocation == "global":
             per_layer = True
         if stage.kind == "recover" and stage.prune is not None and stage.prune.allocation == "global":

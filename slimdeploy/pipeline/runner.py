@@ -49,6 +49,7 @@ def _save_state(work: Path, state: PipelineState, done: int, rhash: str) -> None
         "done": done,
         "pruned": state.pruned,
         "recovered": state.recovered,
+        "quantized": state.quantized,
         "adapter_pending": state.adapter is not None,
         "pending_plan": plan_to_json(state.pending_plan) if state.pending_plan is not None else None,
         "stages": state.stages,
@@ -72,6 +73,7 @@ def _resume(work: Path, rhash: str, trust: bool, device: str, dtype: str = "fp32
         record=PruneRecord.load(work / "model"),
         pruned=meta["pruned"],
         recovered=meta["recovered"],
+        quantized=meta.get("quantized"),
         stages=meta["stages"],
     )
     if meta.get("pending_plan"):

@@ -17,7 +17,15 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.api import run_export  # light: each exporter imports its runtime lazily
 from slimdeploy.load.checkpoint import save_model
 from slimdeploy.pipeline.state import PipelineState, StageContext, StageResult
-from slimdeploy.recipe.schema import BenchStage, EvalStage, ExportStage, MergeStage, PruneStage, RecoverStage
+from slimdeploy.recipe.schema import (
+    BenchStage,
+    EvalStage,
+    ExportStage,
+    MergeStage,
+    PruneStage,
+    QuantizeStage,
+    RecoverStage,
+)
 
 StageFn = Callable[[PipelineState, Any, StageContext], StageResult]  # Any: each takes its own config
 STAGES: dict[type, StageFn] = {}
@@ -115,6 +123,29 @@ def _slice_pending(state: PipelineState, probe: torch.Tensor, atol: float) -> tu
     if diff > atol * max(1.0, scale):
         raise SlimdeployError(f"slicing the zeroed groups changed the logits by {diff:.3g}; this is a bug")
     return sum(p.numel() for p in state.model.parameters()), diff
+
+
+@stage(QuantizeStage)
+def quantize_stage(state: PipelineState, cfg: QuantizeStage, ctx: StageContext) -> StageResult:
+    """Quantize the current model, write the compressed-tensors checkpoint, and continue with that checkpoint
+    as transformers runs it (dequantized weights, W8A8's per-token int8 activations): later evals measure
+    the quantized model, exports and benches serve its files."""
+    from slimdeploy.load.data import calibration_data
+    from slimdeploy.load.model import load_model
+    from slimdeploy.quantize.apply import quantize_model, write_checkpoint
+
+    batches = None
+    if cfg.method == "gptq":
+        batches, _ = calibration_data(state.tokenizer, cfg.data, cfg.n_samples, cfg.seq_len, cfg.seed)
+    scales, details = quantize_model(state.model, cfg, batches, ctx.progress)
+    dest = _fresh(ctx.work / "quantized")
+    write_checkpoint(state.model, scales, cfg, dest)
+    state.model = load_model(str(dest), ctx.recipe.dtype, with_tokenizer=False, device=ctx.device).model
+    details["weight_file_bytes"] = sum(f.stat().st_size for f in dest.glob("*.safetensors"))
+    details["scheme"] = {"weights": f"int{cfg.bits}", "group_size": cfg.groups, "format": cfg.format}
+    shutil.rmtree(dest)
+    state.quantized = cfg.scheme
+    return StageResult("quantize", details)
 
 
 @stage(EvalStage)

@@ -29,6 +29,7 @@ class PipelineState:
     teacher: Any = None  # the unpruned model, for distillation
     pruned: bool = False
     recovered: bool = False
+    quantized: str | None = None  # the scheme, once a quantize stage ran (the model is its checkpoint then)
     stages: list[dict] = field(default_factory=list)  # finished stages' results, as report.json lists them
 
     @property
@@ -38,7 +39,8 @@ class PipelineState:
 
     @property
     def label(self) -> str:
-        return "recovered" if self.recovered else "pruned" if self.pruned else "dense"
+        base = "recovered" if self.recovered else "pruned" if self.pruned else "dense"
+        return f"{base} {self.quantized}" if self.quantized else base
 
 
 @dataclass

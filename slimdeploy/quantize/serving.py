@@ -45,7 +45,10 @@ def cpu_capability() -> str:
 
 def check_served(config: dict, on_cuda: bool) -> str | None:
     """Refuse what vLLM cannot run here; returns the dtype vLLM must serve the checkpoint in (None: any)."""
-    scheme = scheme_of(config)
+    return check_scheme_served(scheme_of(config), on_cuda)
+
+
+def check_scheme_served(scheme: dict | None, on_cuda: bool) -> str | None:
     if scheme is None or scheme["activations"]:  # unquantized, or W8A8: int8 kernels on every x86 host
         return None
     if on_cuda:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.registry import export_formats, get_exporter
 from slimdeploy.prune.config import PruneConfig
+from slimdeploy.quantize.config import QuantizeConfig
 from slimdeploy.recover.config import RecoverConfig
 
 
@@ -18,6 +19,10 @@ class PruneStage(PruneConfig):
 
 class RecoverStage(RecoverConfig):
     kind: Literal["recover"]
+
+
+class QuantizeStage(QuantizeConfig):
+    kind: Literal["quantize"]
 
 
 class MergeStage(BaseModel):
@@ -84,7 +89,8 @@ class BenchStage(BaseModel):
 
 
 Stage = Annotated[
-    Union[PruneStage, RecoverStage, MergeStage, EvalStage, ExportStage, BenchStage], Field(discriminator="kind")
+    Union[PruneStage, RecoverStage, MergeStage, QuantizeStage, EvalStage, ExportStage, BenchStage],
+    Field(discriminator="kind"),
 ]
 
 
@@ -116,10 +122,14 @@ def check_order(recipe: Recipe) -> None:
 
     - `merge` must directly follow a `recover` (adapters are folded before anything else touches weights);
     - a `recover` must be merged before the recipe ends or before the next prune/export/bench;
-    - `export` and `bench` need a model without pending adapters (they come after merge)."""
-    pending = False
+    - `export` and `bench` need a model without pending adapters (they come after merge);
+    - after `quantize` the weights are integer codes: no prune, recover or second quantize follows it."""
+    pending = quantized = False
     for i, st in enumerate(recipe.stages):
         where = f"stages[{i}] ({st.kind})"
+        if quantized and st.kind in ("prune", "recover", "quantize"):
+            raise SlimdeployError(f"{where}: the model is quantized by then; move this stage before the quantize stage")
+        quantized = quantized or st.kind == "quantize"
         if st.kind == "merge" and not pending:
             raise SlimdeployError(f"{where}: merge needs a recover stage directly before it")
         if pending and st.kind != "merge":

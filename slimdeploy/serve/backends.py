@@ -38,19 +38,30 @@ def check_backend(backend: str) -> None:
         )
 
 
+INT_BYTES = {"I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8}
+
+
 def source_facts(model_dir: Path, dtype: str) -> dict:
+    """Parameters and weight bytes as served: float tensors in the serving `dtype`, integer tensors (the codes
+    of a quantized checkpoint: int8, or int4 packed into int32) at their stored size."""
     from slimdeploy.load.decilm_format import logical_config
-    from slimdeploy.load.model import safetensors_params
+    from slimdeploy.load.model import safetensors_headers
 
     config = logical_config(json.loads((Path(model_dir) / "config.json").read_text()))
-
-    n = safetensors_params(model_dir)
-    if not n:
+    headers = safetensors_headers(Path(model_dir))
+    if not headers:
         raise SlimdeployError(f"{model_dir} has no safetensors weights; pass a model directory")
     nbytes = DTYPE_BYTES[dtype]
+    n = weight_bytes = 0
+    for meta in headers.values():
+        count = 1
+        for d in meta.get("shape", []):
+            count *= d
+        n += count
+        weight_bytes += count * INT_BYTES.get(meta.get("dtype"), nbytes)
     return {
         "params": n,
-        "weight_bytes": n * nbytes,
+        "weight_bytes": weight_bytes,
         "kv_bytes_per_token": kv_bytes_per_token(SimpleNamespace(**config), nbytes),
         "shape_only": config.get("slimdeploy_shape_only"),
         "vocab_size": config["vocab_size"],

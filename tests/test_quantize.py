@@ -241,3 +241,21 @@ def test_quantize_recipes_refused_before_any_work(stages, match, tmp_path, token
     code, _, err = run_cli(args, capsys)
     assert code == 1 and match in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.partial*"))
+
+
+def test_w4a16_export_refused_where_vllm_has_no_kernel(tmp_path, tokenizer, capsys, monkeypatch):
+    """On an AVX2-only CPU vLLM has no W4A16 kernel (it would load, then crash at the first forward): the
+    export is refused before writing, naming w8a8; --no-verify writes it for another host."""
+    from conftest import run_cli
+
+    from slimdeploy.quantize import serving
+
+    monkeypatch.setattr(serving, "cpu_capability", lambda: "AVX2")
+    src = _tiny(tmp_path / "src", tokenizer)
+    q = tmp_path / "q"
+    assert run_cli(["quantize", str(src), "--out", str(q), "--scheme", "w4a16", "--method", "rtn"], capsys)[0] == 0
+    code, _, err = run_cli(["export", str(q), "--format", "vllm", "--out", str(tmp_path / "v")], capsys)
+    assert code == 1 and "--scheme w8a8" in err and "AVX2" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "v").exists()
+    code, _, err = run_cli(["export", str(q), "--format", "vllm", "--out", str(tmp_path / "v"), "--no-verify"], capsys)
+    assert code == 0, err

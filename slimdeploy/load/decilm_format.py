@@ -183,11 +183,8 @@ def _split(name: str) -> tuple[int, str] | None:
     return int(i), rest
 
 
-def _convert_file(path: Path, fn) -> list[str]:
-    """Rewrite one safetensors file with fn(layer index, layer-relative state) per layer; returns its names."""
-    from safetensors.torch import load_file, save_file
-
-    state = load_file(path)
+def map_layers(state: dict[str, torch.Tensor], fn) -> dict[str, torch.Tensor]:
+    """`state` with each decoder layer's tensors replaced by fn(layer index, layer-relative tensors)."""
     layers: dict[int, dict[str, torch.Tensor]] = {}
     out = {}
     for name, w in state.items():
@@ -198,6 +195,14 @@ def _convert_file(path: Path, fn) -> list[str]:
             layers.setdefault(split[0], {})[split[1]] = w
     for i, layer in layers.items():
         out |= {f"model.layers.{i}.{k}": v for k, v in fn(i, layer).items()}
+    return out
+
+
+def _convert_file(path: Path, fn) -> list[str]:
+    """Rewrite one safetensors file with fn(layer index, layer-relative state) per layer; returns its names."""
+    from safetensors.torch import load_file, save_file
+
+    out = map_layers(load_file(path), fn)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in out.items()}, tmp, {"format": "pt"})
     tmp.replace(path)
@@ -243,14 +248,4 @@ def unpad_state(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch
     base, widths = config[BASE_KEY], config[WIDTHS_KEY]
     plans = plan_blocks(widths, base["num_attention_heads"])
     hd = head_dim_of(base)
-    layers: dict[int, dict[str, torch.Tensor]] = {}
-    out = {}
-    for name, w in state.items():
-        split = _split(name)
-        if split is None:
-            out[name] = w
-        else:
-            layers.setdefault(split[0], {})[split[1]] = w
-    for i, layer in layers.items():
-        out |= {f"model.layers.{i}.{k}": v for k, v in unpad_layer(layer, plans[i], hd).items()}
-    return out
+    return map_layers(state, lambda i, layer: unpad_layer(layer, plans[i], hd))

@@ -19,10 +19,28 @@ def component_of(name: str) -> str:
     return "other"
 
 
+QUANT_META = ("weight_scale", "weight_zero_point", "weight_g_idx", "input_scale", "input_zero_point")
+
+
 def param_stats(model) -> dict:
-    """Parameters and their bytes; `parameters()` already counts tied weights once."""
-    params = list(model.parameters())
-    return {"params": sum(p.numel() for p in params), "bytes": sum(p.numel() * p.element_size() for p in params)}
+    """Parameters and their bytes as stored; `parameters()` already counts tied weights once. A quantized
+    layer's weight counts at its scheme's bits (in memory it may be dequantized) and its scales add bytes,
+    not parameters."""
+    params = bytes_ = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        scheme = getattr(module, "quantization_scheme", None)
+        bits = scheme.weights.num_bits if scheme is not None and scheme.weights is not None else None
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:  # tied weights once
+                continue
+            seen.add(id(p))
+            if name in QUANT_META:
+                bytes_ += p.numel() * p.element_size()
+                continue
+            params += p.numel()
+            bytes_ += p.numel() * bits // 8 if bits and name == "weight" else p.numel() * p.element_size()
+    return {"params": params, "bytes": bytes_}
 
 
 def summarize(model) -> dict:

@@ -166,7 +166,8 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         if (work / produced).exists():
             shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
-    after = greedy_answers(state.model, state.tokenizer, source=state.source)
+    # the prompts the load stage used (a resumed run's state.source is the work folder, not the model)
+    after = greedy_answers(state.model, state.tokenizer, source=state.stages[0].get("source", state.source))
     report = write_outputs(final, recipe, state.stages, model_spec, after)
     write_marker(final, "compress")
     check_output(out, force, [model_spec])  # re-checked: the run may have taken hours

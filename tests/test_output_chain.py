@@ -93,3 +93,34 @@ def test_data_free_prune_of_a_folder_without_tokenizer_still_loads(tmp_path, cap
     code, _, err = run_cli(["export", str(out), "--format", "vllm", "--out", str(tmp_path / "v")], capsys)
     assert code == 1 and "no tokenizer files" in err and err.count("\n") == 1, err
     assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.slow
+def test_compress_output_feeds_export_quantize_and_stock_transformers(tiny_dir, tmp_path, text_file, capsys):
+    """compress -> export / quantize / from_pretrained, for uniform and global (per-layer) widths."""
+    import yaml
+
+    for allocation in ("uniform", "global"):
+        stage = {"kind": "prune", "criterion": "wanda", "ratio": 0.06, "round_to": 8, "allocation": allocation}
+        stages = [{**stage, "data": str(text_file), "n_samples": 4, "seq_len": 32}]
+        recipe = tmp_path / f"{allocation}.yaml"
+        recipe.write_text(yaml.safe_dump({"name": allocation, "stages": stages}))
+        out = tmp_path / f"c-{allocation}"
+        args = ["compress", "--recipe", str(recipe), "--model", str(tiny_dir), "--out", str(out)]
+        code, _, err = run_cli(args, capsys)
+        assert code == 0, err
+        _stock_logits_match(out)
+        per_layer = "block_configs" in json.loads((out / "config.json").read_text())
+        assert per_layer == (allocation == "global")
+        card = (out / "README.md").read_text()
+        assert card.startswith(f"# {out.name}")
+        assert ("trust_remote_code=True" in card) == (allocation == "global")
+        code, _, err = run_cli(
+            ["export", str(out), "--format", "onnx", "--out", str(tmp_path / f"x-{allocation}")], capsys
+        )
+        assert code == 0, err
+    code, _, err = run_cli(
+        ["quantize", str(tmp_path / "c-uniform"), "--out", str(tmp_path / "q"), "--method", "rtn"], capsys
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]

@@ -98,8 +98,14 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
 
 
 def write_outputs(
-    out: Path, recipe: Recipe, stages: list[dict], model_spec: str | None, samples_after: list[dict] | None = None
+    out: Path,
+    recipe: Recipe,
+    stages: list[dict],
+    model_spec: str | None,
+    samples_after: list[dict] | None = None,
+    name: str | None = None,
 ) -> dict:
+    """report.json, report.md, plots and the model card into `out` (`name`: the output's final name)."""
     (out / "plots").mkdir(exist_ok=True)
     summary = summarize_stages(stages)
     seeds = {
@@ -142,15 +148,20 @@ def write_outputs(
     (out / "report.md").write_text("\n".join(lines) + "\n")
     ppl = ", ".join(f"{k} {v:.3f}" for k, v in summary["perplexity"].items())
     card = [
-        f"# {out.name}",
+        f"# {name or out.name}",
         "",
         f"Compressed with slimdeploy {__version__}, recipe `{recipe.name}`, from `{report['model']}`.",
         "",
         f"- parameters: {summary['params_after']:,} "
         f"({summary['params_kept_fraction']:.1%} of {summary['params_before']:,})",
         f"- perplexity: {ppl or 'not measured'}",
-        "- load: `AutoModelForCausalLM.from_pretrained(this_dir)`"
-        + ("" if not _per_layer(out) else " is not enough: per-layer widths, use `slimdeploy.load_model`"),
+        "- load: `AutoModelForCausalLM.from_pretrained(this_dir"
+        + (
+            ", trust_remote_code=True)` (per-layer widths, stored as DeciLM files with their code beside them; "
+            "`vllm serve this_dir --trust-remote-code`)"
+            if _per_layer(out)
+            else ")`"
+        ),
         "- what was removed: `pruning.json` (kept indices per layer, relative to the original)",
         "- how: `recipe.yaml` (resolved), `report.json`, `report.md`",
         "",

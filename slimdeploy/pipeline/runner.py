@@ -168,7 +168,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
     # the prompts the load stage used (a resumed run's state.source is the work folder, not the model)
     after = greedy_answers(state.model, state.tokenizer, source=state.stages[0].get("source", state.source))
-    report = write_outputs(final, recipe, state.stages, model_spec, after)
+    report = write_outputs(final, recipe, state.stages, model_spec, after, name=out.name)
     write_marker(final, "compress")
     check_output(out, force, [model_spec])  # re-checked: the run may have taken hours
     if out.exists():

@@ -161,6 +161,12 @@ def test_quantize_refuses_a_quantized_or_per_layer_input(tmp_path, tokenizer, ca
     assert run_cli(["quantize", str(src), "--out", str(tmp_path / "q"), "--method", "rtn"], capsys)[0] == 0
     code, _, err = run_cli(["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "qq"), "--method", "rtn"], capsys)
     assert code == 1 and "already quantized" in err and not (tmp_path / "qq").exists()
+    prune = ["prune", "--model", str(tmp_path / "q"), "--out", str(tmp_path / "pp"), "--criterion", "l2"]
+    code, _, err = run_cli(prune, capsys)
+    assert code == 1 and "is quantized" in err and not (tmp_path / "pp").exists()
+    recipe = _recipe(tmp_path, [{"kind": "prune", "criterion": "l2"}])
+    code, _, err = run_cli(["compress", "--recipe", recipe, "--model", str(tmp_path / "q"), "--out", "o"], capsys)
+    assert code == 1 and "start from the unquantized model" in err
     per_layer = per_layer_dir(tmp_path, tokenizer)
     code, _, err = run_cli(["quantize", str(per_layer), "--out", str(tmp_path / "pq"), "--method", "rtn"], capsys)
     assert code == 1 and "per-layer widths" in err and not (tmp_path / "pq").exists()

@@ -166,6 +166,12 @@ def preflight(recipe: Recipe, model_spec: str | None, out: Path, force: bool, fe
         check_data(stage, recipe, tokenizer)
     per_layer = False
     quantized = None
+    if config is not None and config.get("quantization_config"):
+        changing = [st.kind for st in recipe.stages if st.kind in ("prune", "recover", "quantize")]
+        if changing:
+            raise SlimdeployError(
+                f"the model is quantized, and the recipe would {changing[0]} it; start from the unquantized model"
+            )
     for i, stage in enumerate(recipe.stages):
         if stage.kind == "quantize":
             if per_layer:

@@ -68,7 +68,7 @@ def prune_to_dir(
     check_dtype(dtype)
     inputs = [model_spec, config.data]
     check_output(out, force, inputs)  # before any weight loads
-    _check_allocation(model_spec, config)
+    _check_input(model_spec, config)
     sequential = choose_sequential(model_spec, config, dtype, sequential)
     if sequential:
         from slimdeploy.prune.sequential import check_sequential
@@ -125,19 +125,25 @@ def choose_sequential(model_spec, config: PruneConfig, dtype: str, sequential: b
     return True
 
 
-def _check_allocation(model_spec, config: PruneConfig) -> None:
-    """Per-layer widths are saved as DeciLM files; refuse a model family that format cannot carry, now."""
-    if config.allocation != "global":
-        return
+def _check_input(model_spec, prune_config: PruneConfig) -> None:
+    """Refuse, from config.json and before any weight loads, a quantized model (its weights are codes now) and,
+    for global allocation, a family the DeciLM files that per-layer widths are saved in cannot carry."""
     from slimdeploy.load.decilm_format import check_representable, logical_config
     from slimdeploy.load.model import resolve_source
 
     kind, location = resolve_source(model_spec)
-    if kind in ("dir", "demo") and (Path(location) / "config.json").is_file():
-        try:
-            check_representable(logical_config(json.loads((Path(location) / "config.json").read_text())))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return  # the loader names a broken config.json
+    if kind not in ("dir", "demo") or not (Path(location) / "config.json").is_file():
+        return
+    try:
+        config = logical_config(json.loads((Path(location) / "config.json").read_text()))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return  # the loader names a broken config.json
+    if not isinstance(config, dict):
+        return
+    if config.get("quantization_config"):
+        raise SlimdeployError(f"{location} is quantized; prune the unquantized model, then quantize the pruned one")
+    if prune_config.allocation == "global":
+        check_representable(config)
 
 
 def _prune_locked(

@@ -130,7 +130,3 @@ def write_checkpoint(model, scales: dict, cfg: QuantizeConfig, out: Path, dtype:
     config = json.loads((out / "config.json").read_text())
     config["quantization_config"]["slimdeploy"] = {"method": cfg.method, "scheme": cfg.scheme}
     (out / "config.json").write_text(json.dumps(config, indent=2))
-
-
-def is_quantized(config: dict) -> bool:
-    return bool(config.get("quantization_config"))

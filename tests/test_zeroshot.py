@@ -78,7 +78,7 @@ def test_limit_is_a_seeded_subset(task_dir, tokenizer):
         (["piqa"], {}, None, "no piqa.jsonl"),
         (["piqa"], {"piqa.jsonl": '{"question": "q"}\n'}, None, "missing goal"),
         (["hellaswag"], {"hellaswag.jsonl": '{"ctx": "x"}\n'}, None, "missing endings"),
-        (["piqa"], {"piqa.jsonl": "not json\n"}, None, "not JSONL"),
+        (["piqa"], {"piqa.jsonl": "not json\n"}, None, "piqa.jsonl:1 is not a JSON object"),
         (["piqa"], {"piqa.jsonl": json.dumps(PIQA[0]) + "\n"}, 0, "--limit 0"),
     ],
 )

@@ -192,6 +192,22 @@ def _load_on_cpu(spec: str | None, dtype: str, trust_remote_code: bool, with_tok
     return loaded
 
 
+def source_config(spec: str | None) -> tuple[str, dict] | None:
+    """(location, config.json as slimdeploy reads it) of a local model folder, read leniently: None for other
+    sources and for a missing or broken file (the loader names those). For checks made before weights load."""
+    from slimdeploy.load.decilm_format import logical_config
+
+    kind, location = resolve_source(spec)
+    path = Path(location) / "config.json"
+    if kind not in ("dir", "demo") or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return (location, logical_config(config)) if isinstance(config, dict) else None
+
+
 def _compressed_tensors(location: str) -> bool:
     path = Path(location) / "config.json"
     try:

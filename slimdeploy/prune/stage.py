@@ -128,18 +128,13 @@ def choose_sequential(model_spec, config: PruneConfig, dtype: str, sequential: b
 def _check_input(model_spec, prune_config: PruneConfig) -> None:
     """Refuse, from config.json and before any weight loads, a quantized model (its weights are codes now) and,
     for global allocation, a family the DeciLM files that per-layer widths are saved in cannot carry."""
-    from slimdeploy.load.decilm_format import check_representable, logical_config
-    from slimdeploy.load.model import resolve_source
+    from slimdeploy.load.decilm_format import check_representable
+    from slimdeploy.load.model import source_config
 
-    kind, location = resolve_source(model_spec)
-    if kind not in ("dir", "demo") or not (Path(location) / "config.json").is_file():
+    found = source_config(model_spec)
+    if found is None:
         return
-    try:
-        config = logical_config(json.loads((Path(location) / "config.json").read_text()))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return  # the loader names a broken config.json
-    if not isinstance(config, dict):
-        return
+    location, config = found
     if config.get("quantization_config"):
         raise SlimdeployError(f"{location} is quantized; prune the unquantized model, then quantize the pruned one")
     if prune_config.allocation == "global":

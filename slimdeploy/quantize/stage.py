@@ -15,15 +15,12 @@ from slimdeploy.utils.memory import peak_rss_mb
 
 def check_quantizable(model_spec: str | None) -> None:
     """Refuse, from config.json alone, what this stage cannot quantize or write."""
-    from slimdeploy.load.model import resolve_source
+    from slimdeploy.load.model import source_config
 
-    kind, location = resolve_source(model_spec)
-    if kind not in ("dir", "demo"):
+    found = source_config(model_spec)
+    if found is None:
         return
-    try:
-        config = json.loads((Path(location) / "config.json").read_text())
-    except (OSError, ValueError):
-        return  # the loader names it
+    location, config = found
     if config.get("quantization_config"):
         method = config["quantization_config"].get("quant_method", "?")
         raise SlimdeployError(f"{location} is already quantized ({method}); quantize the unquantized model instead")

@@ -93,3 +93,51 @@ def test_cli_export_onnx(tmp_path, tokenizer, capsys):
         ["export", str(src), "--format", "onnx", "--dtype", "int4", "--out", str(tmp_path / "p")], capsys
     )
     assert code == 1 and "dtype 'int4'" in err and not (tmp_path / "p").exists()
+
+
+def test_int8_export_quantizes_weights_per_channel_and_agrees(tmp_path):
+    """The demo (trained: peaked logits) exported int8 passes the top-1 agreement floor, every weight MatMul but
+    the LM head is quantized, and the stored codes and scales are the scheme computed here."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from slimdeploy.export.onnx import INT8_AGREEMENT_FLOOR, export_onnx
+    from slimdeploy.load.model import load_model
+    from slimdeploy.zoo.registry import demo_model_dir
+
+    report = export_onnx(demo_model_dir(), tmp_path / "int8", dtype="int8")
+    v = report["verification"]
+    assert v["dtype"] == "int8" and v["top1_agreement"]["agreeing"] >= INT8_AGREEMENT_FLOOR * v["prompts"] * 16
+    model = load_model(str(demo_model_dir()), "fp32").model
+    n_layers = model.config.num_hidden_layers
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantized = [n for n in graph.node if n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger")]
+    assert len(quantized) == n_layers * 7  # q k v o gate up down per layer; the LM head is not among them
+    assert any(n.op_type == "MatMul" and "logits" in n.output for n in graph.node)
+    # independent: symmetric int8 per output channel has scale = max|w| / 127 and |w - q * scale| <= scale / 2
+    down = model.model.layers[-1].mlp.down_proj.weight.detach().numpy().T  # (in, out), as ONNX's MatMul reads it
+    scales = {n: a for n, a in inits.items() if n.endswith("_scale") and a.shape == (down.shape[1],)}
+    matches = 0
+    for name, q in inits.items():
+        if q.dtype != np.int8 or q.shape != down.shape:
+            continue
+        for scale in scales.values():
+            deq = q.astype(np.float64) * scale.astype(np.float64)[None, :]
+            if np.abs(deq - down).max() <= scale.max() / 2 + 1e-7:
+                matches += 1
+                np.testing.assert_allclose(scale, np.abs(down).max(0) / 127, rtol=1e-5)
+    assert matches == 1, "exactly one int8 initializer must dequantize to the last layer's down_proj"
+
+
+def test_int8_below_the_agreement_floor_is_refused_and_nothing_written(tmp_path, tokenizer):
+    """A random tiny model's logits are nearly flat: int8 flips many argmaxes, and the export must say so."""
+    from slimdeploy.export.onnx import export_onnx
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_model(_tiny("llama", num_hidden_layers=2, max_position_embeddings=256), tokenizer, src)
+    with pytest.raises(SlimdeployError, match="below the floor of 95%"):
+        export_onnx(src, tmp_path / "int8", dtype="int8")
+    assert not (tmp_path / "int8").exists() and not list(tmp_path.glob(".int8*"))

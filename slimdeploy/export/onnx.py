@@ -5,6 +5,12 @@ torch.onnx's dynamo exporter, verified in onnxruntime against transformers:
   within ATOL/RTOL per dtype (below), and
 - greedy generation in onnxruntime (with its own cache) identical to transformers for N tokens (fp32).
 
+`int8`: the fp32 graph, then onnxruntime's dynamic quantization of every weight MatMul but the LM head (int8
+weights per output channel, activations quantized per tensor at run time; CPU kernels on every x86 host).
+Its logits cannot match fp32 within a float tolerance, so it is verified by top-1 agreement: at every
+position of onnxruntime's own greedy run, transformers' fp32 argmax on the same prefix must equal
+onnxruntime's token at >= INT8_AGREEMENT_FLOOR of the positions (the max logit difference is reported).
+
 Output: model.onnx (+ model.onnx.data for large models), onnx_config.json (inputs, outputs, cache shapes),
 config.json, tokenizer files, export_report.json.
 """
@@ -28,7 +34,8 @@ from slimdeploy.utils.fs import atomic_dir
 
 # max |onnxruntime - transformers| on logits: |diff| <= ATOL + RTOL * |ref|
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (5e-2, 1e-2), "bf16": (2e-1, 5e-2)}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32}
+INT8_AGREEMENT_FLOOR = 0.95
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
@@ -103,10 +110,10 @@ def ort_greedy(session, wrapper, prompt: list[int], n_tokens: int, dtype: torch.
 
 
 def verify_onnx(path: Path, wrapper, model, prompts: list[list[int]], n_tokens: int, dtype_name: str) -> dict:
-    from slimdeploy.export.verify import compare_tokens, hf_greedy
+    from slimdeploy.export.verify import compare_tokens, hf_greedy, top1_agreement
 
     dtype = DTYPES[dtype_name]
-    atol, rtol = TOLERANCES[dtype_name]
+    atol, rtol = TOLERANCES.get(dtype_name, (float("inf"), 0.0))  # int8: agreement instead (below)
     try:
         session = ort_session(path)
         runs = [ort_greedy(session, wrapper, p, n_tokens, dtype) for p in prompts]
@@ -133,12 +140,19 @@ def verify_onnx(path: Path, wrapper, model, prompts: list[list[int]], n_tokens: 
     result = {
         "runtime": "onnxruntime",
         "dtype": dtype_name,
-        "atol": atol,
-        "rtol": rtol,
         "max_abs_logit_diff": {k: round(v, 7) for k, v in worst.items()},
-        "logits_within_tolerance": all(v <= 0 for v in excess.values()),
         **compare_tokens(hf_greedy(model, prompts, n_tokens), got),
     }
+    if dtype_name == "int8":
+        result["top1_agreement"] = top1_agreement(model, prompts, got, INT8_AGREEMENT_FLOOR)
+        agree, total = result["top1_agreement"]["agreeing"], result["top1_agreement"]["positions"]
+        if agree < INT8_AGREEMENT_FLOOR * total:
+            raise SlimdeployError(
+                f"int8 onnxruntime agrees with fp32 transformers on {agree} of {total} next tokens, below the "
+                f"floor of {INT8_AGREEMENT_FLOOR:.0%}; export fp32 instead (export not written)"
+            )
+        return result
+    result |= {"atol": atol, "rtol": rtol, "logits_within_tolerance": all(v <= 0 for v in excess.values())}
     if not result["logits_within_tolerance"]:
         raise SlimdeployError(
             f"onnxruntime logits differ from transformers' beyond atol {atol} / rtol {rtol} "
@@ -150,6 +164,32 @@ def verify_onnx(path: Path, wrapper, model, prompts: list[list[int]], n_tokens: 
             f"of {n_tokens}; export not written"
         )
     return result
+
+
+def quantize_int8(path: Path) -> dict:
+    """Dynamic int8 quantization of `path` in place (onnxruntime.quantization): every MatMul with a constant
+    weight except the one that produces the logits (the LM head stays fp32, as in the quantize stage)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    head = [n.name for n in graph.node if n.op_type == "MatMul" and "logits" in n.output]
+    scratch = path.with_name("model.int8.onnx")
+    quantize_dynamic(
+        str(path), str(scratch), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=head, use_external_data_format=(path.with_name(path.name + ".data")).exists(),
+    )  # fmt: skip
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    scratch.rename(path)
+    if scratch.with_name(scratch.name + ".data").exists():
+        scratch.with_name(scratch.name + ".data").rename(path.with_name(path.name + ".data"))
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    quantized = sum(n.op_type in ("DynamicQuantizeMatMul", "MatMulInteger") for n in nodes)
+    if quantized == 0:
+        raise SlimdeployError("onnxruntime's dynamic quantization changed no MatMul; export fp32 instead")
+    return {"scheme": "int8 weights per channel, dynamic int8 activations", "quantized_matmuls": quantized,
+            "kept_fp32": head}  # fmt: skip
 
 
 def export_onnx(
@@ -171,7 +211,7 @@ def export_onnx(
         raise SlimdeployError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     model_dir = Path(model_dir)
     config = check_supported(model_dir)
-    loaded = load_model(str(model_dir), dtype)
+    loaded = load_model(str(model_dir), "fp32" if dtype == "int8" else dtype)
     wrapper = DecoderWithCache(loaded.model).eval()
     report: dict = {
         "format": "onnx",
@@ -184,6 +224,8 @@ def export_onnx(
         t0 = time.perf_counter()
         try:
             io = export_graph(wrapper, tmp / "model.onnx", DTYPES[dtype])
+            if dtype == "int8":
+                io["weights"] = quantize_int8(tmp / "model.onnx")
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise SlimdeployError(f"torch.onnx could not export this model in {dtype}: {msg}") from None

@@ -14,6 +14,11 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.export.vllm import check_supported, tp_readiness
 from slimdeploy.utils.fs import atomic_dir
 
+# int4 packages (the builder's RTN, 4-bit groups) cannot match fp32 greedy tokens; a floor on teacher-forced
+# top-1 agreement catches a broken package (a wrong scale or packing gives near-chance agreement), not a
+# quality claim: quality is measured by eval / benchmarks
+INT4_AGREEMENT_FLOOR = 0.75
+
 
 def ort_genai_greedy(package: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     try:
@@ -45,7 +50,7 @@ def export_ort_genai(
     tp_size: int = 1,
 ) -> dict:
     precision = dtype  # the builder's word for it
-    from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy
+    from slimdeploy.export.verify import compare_tokens, default_prompts, hf_greedy, top1_agreement
     from slimdeploy.load.model import load_model
 
     model_dir = Path(model_dir)
@@ -103,6 +108,13 @@ def export_ort_genai(
                 **compare_tokens(hf_greedy(loaded.model, prompts, n_tokens), got),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
+            if precision == "int4":  # 4-bit weights cannot match fp32 tokens: top-1 agreement with a floor
+                result["top1_agreement"] = top1_agreement(loaded.model, prompts, got, INT4_AGREEMENT_FLOOR)
+                if result["top1_agreement"]["agreement"] < INT4_AGREEMENT_FLOOR:
+                    raise SlimdeployError(
+                        f"the int4 package agrees with fp32 transformers at {result['top1_agreement']['agreement']:.1%}"
+                        f" of next tokens (< {INT4_AGREEMENT_FLOOR:.0%}); export fp32 instead; nothing written"
+                    )
             if precision == "fp32" and result["identical"] < result["prompts"]:
                 raise SlimdeployError(
                     f"onnxruntime-genai greedy tokens differ from transformers': common prefixes "

@@ -64,7 +64,7 @@ register_exporter(
 register_exporter(
     Exporter(
         "onnx",
-        ("fp32", "fp16", "bf16"),
+        ("fp32", "fp16", "bf16", "int8"),
         ("onnxruntime", "onnxruntime"),
         "slimdeploy.export.onnx:export_onnx",
         f"{_CHECKS}:check_onnx",

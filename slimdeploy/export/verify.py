@@ -23,6 +23,21 @@ def hf_greedy(model, prompts: list[list[int]], max_tokens: int) -> list[list[int
     return out
 
 
+@torch.no_grad()
+def top1_agreement(model, prompts: list[list[int]], tokens: list[list[int]], floor: float) -> dict:
+    """Teacher-forced on the runtime's own greedy tokens: at how many positions `model`'s next-token argmax
+    on the same prefix equals the runtime's token (quantized runtimes cannot match fp32 logits within a float
+    tolerance; a stated floor on this fraction is their check)."""
+    agree = total = 0
+    device = next(model.parameters()).device
+    for prompt, got in zip(prompts, tokens, strict=True):
+        ids = torch.tensor([prompt + got[:-1]], device=device)
+        pred = model(ids).logits[0, len(prompt) - 1 :].argmax(-1).tolist()
+        agree += sum(int(a == b) for a, b in zip(pred, got, strict=True))
+        total += len(got)
+    return {"positions": total, "agreeing": agree, "agreement": agree / max(total, 1), "floor": floor}
+
+
 def compare_tokens(reference: list[list[int]], candidate: list[list[int]]) -> dict:
     """Per prompt: the length of the common prefix; overall: how many prompts match completely."""
     prefixes = []
@@ -66,7 +81,11 @@ def verification_line(v: dict | None) -> str:
             f"{v['runtime']} ({v['dtype']}) agrees with a simulation of the quantized scheme at "
             f"{v['agreeing']}/{v['positions']} positions (floor {v['floor']:.0%})"
         )
-    return (
+    line = (
         f"greedy tokens identical to transformers for {v['identical']}/{v['prompts']} prompts x "
         f"{v['tokens_per_prompt']} in {v.get('runtime', 'the runtime')} ({v['dtype']})"
     )
+    if "top1_agreement" in v:  # int8 / int4 exports: the check is agreement with the fp32 model
+        a = v["top1_agreement"]
+        line += f"; top-1 agreement with fp32 {a['agreeing']}/{a['positions']} positions (floor {a['floor']:.0%})"
+    return line

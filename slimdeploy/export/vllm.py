@@ -149,9 +149,9 @@ def verify_quantized_vllm(export_dir: Path, loaded, n_tokens: int, config: dict)
     teacher-forced top-1 agreement (quantize/serving.py says why and states the floor)."""
     import torch
 
-    from slimdeploy.export.verify import default_prompts
+    from slimdeploy.export.verify import default_prompts, top1_agreement
     from slimdeploy.export.vllm_runner import vllm_greedy
-    from slimdeploy.quantize.serving import AGREEMENT_FLOOR, check_served, teacher_forced_agreement
+    from slimdeploy.quantize.serving import AGREEMENT_FLOOR, check_served
 
     dtype = check_served(config, torch.cuda.is_available()) or "float32"
     prompts = default_prompts(loaded.tokenizer)
@@ -160,7 +160,7 @@ def verify_quantized_vllm(export_dir: Path, loaded, n_tokens: int, config: dict)
         export_dir, prompts, n_tokens, dtype=dtype, max_model_len=min(512, loaded.model.config.max_position_embeddings)
     )
     result = {"dtype": dtype, "runtime": "vllm", "check": "teacher-forced top-1 agreement with a torch simulation"}
-    result |= teacher_forced_agreement(loaded.model, config, prompts, got)
+    result |= top1_agreement(loaded.model, prompts, got, AGREEMENT_FLOOR)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     if result["agreement"] < AGREEMENT_FLOOR:
         raise SlimdeployError(

@@ -177,7 +177,7 @@ def _artifact_line(s: dict) -> str:
 
         v = s.get("verification")
         check = verification_line(v)
-        if v and "max_abs_logit_diff" in v:
+        if v and "atol" in v:
             check += f"; logits within atol {v['atol']} / rtol {v['rtol']} (max |diff| {v['max_abs_logit_diff']})"
         return f"- export `{s['path']}`: {check}"
     parts = [

@@ -116,6 +116,7 @@ def prune(
     record = record or PruneRecord.initial(model)
     kinds: set[str] = set(config.structures)
     update = resolve_update(config)
+    dense = _dense_copy(model, config, batches)
     shots = []
     for shot in range(1, config.shots + 1):
         goal = p0 * (1 - config.ratio * shot / config.shots)  # parameters left after this shot
@@ -137,5 +138,39 @@ def prune(
         if after != plan.predicted_params:
             raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {after}")
         shots.append({"shot": shot, "params": after})
+    rebuilt = reconstruct_shot(model, dense, batches, config, progress) if dense is not None else None
     report = prune_report(model, p0, config, update, shots, t0)
+    if rebuilt is not None:
+        report["reconstruct"] = rebuilt
     return report, record
+
+
+def _dense_copy(model, config: PruneConfig, batches):
+    """The unpruned model reconstruction fits to (a copy: one more model in memory), or None."""
+    if config.reconstruct == "none":
+        return None
+    if batches is None:
+        raise SlimdeployError("reconstruct needs calibration text; give prune data or set reconstruct: none")
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def reconstruct_shot(model, dense, batches: torch.Tensor, config: PruneConfig, progress=None) -> dict:
+    """Reconstruct once, after the last shot; returns the mean layer output error before and after (dense
+    layer on the same inputs), so the report says what it bought."""
+    from slimdeploy.prune.reconstruct import reconstruct
+
+    t = time.perf_counter()
+    rows = reconstruct(
+        model, dense, batches, config.reconstruct, config.reconstruct_target,
+        steps=config.reconstruct_steps, lr=config.reconstruct_lr, seed=config.seed, progress=progress,
+    )
+    n = len(rows)
+    return {
+        "method": config.reconstruct,
+        "target": config.reconstruct_target,
+        "layer_mse_before": sum(r["mse_before"] for r in rows) / n,
+        "layer_mse_after": sum(r["mse_after"] for r in rows) / n,
+        "seconds": round(time.perf_counter() - t, 2),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slimdeploy.score.registry import criterion_names
 
@@ -31,6 +31,16 @@ class PruneConfig(BaseModel):
     update: Literal["auto", "none", "cols", "both"] = Field(
         "auto", description="Surgeon OBS update: consumer columns, also producer rows, or none (auto: cols)"
     )
+    reconstruct: Literal["none", "ridge", "block"] = Field(
+        "none",
+        description="after slicing, refit each layer to the dense one on calibration data: ridge (o/down in closed "
+        "form) or block (ridge, then Adam steps on the whole layer)",
+    )
+    reconstruct_target: Literal["local", "stream"] = Field(
+        "local", description="local: the dense layer on the pruned inputs; stream: the dense model's own stream"
+    )
+    reconstruct_steps: int = Field(32, ge=1, description="Adam steps per layer for reconstruct: block")
+    reconstruct_lr: float = Field(1e-4, gt=0)
     data: str | None = Field(None, description="calibration text (.txt/.jsonl/hf:); default: demo corpus")
     n_samples: int = Field(32, ge=1)
     seq_len: int = Field(256, ge=8)
@@ -42,6 +52,15 @@ class PruneConfig(BaseModel):
         if v not in criterion_names():
             raise ValueError(f"unknown criterion {v!r}; choose one of {', '.join(criterion_names())}")
         return v
+
+    @model_validator(mode="after")
+    def _reconstructible(self) -> PruneConfig:
+        if self.reconstruct != "none" and "layer" in self.structures:
+            raise ValueError(
+                "reconstruct fits each pruned layer to its dense counterpart, which layer dropping removes; "
+                "drop 'layer' from structures or set reconstruct: none"
+            )
+        return self
 
     @field_validator("structures")
     @classmethod

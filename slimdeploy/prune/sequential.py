@@ -59,6 +59,11 @@ def check_sequential(config: PruneConfig) -> None:
         )
     if config.shots != 1:
         raise SlimdeployError("sequential pruning runs one shot; set shots to 1")
+    if config.reconstruct != "none":
+        raise SlimdeployError(
+            "reconstruct keeps a dense copy of the model in memory, which sequential pruning never holds; "
+            "set reconstruct: none, or prune in memory"
+        )
     resolve_update(config)
 
 

@@ -17,8 +17,11 @@ from slimdeploy.utils.memory import peak_rss_mb
 
 
 def needs_text(config: PruneConfig) -> bool:
-    """Data-free criteria (random, l1, l2) prune without calibration text, so without a tokenizer."""
-    return get_criterion(config.criterion).needs_data or "layer" in config.structures
+    """Data-free criteria (random, l1, l2) prune without calibration text, so without a tokenizer, unless the
+    layers are reconstructed afterwards."""
+    return (
+        get_criterion(config.criterion).needs_data or "layer" in config.structures or config.reconstruct != "none"
+    )
 
 
 def _calibration(tokenizer, config: PruneConfig, model_config, source: str, device) -> tuple:
@@ -110,6 +113,8 @@ def choose_sequential(model_spec, config: PruneConfig, dtype: str, sequential: b
     if weights is None:
         return False
     need = prune_peak_estimate(weights, get_criterion(config.criterion).needs_grad)
+    if config.reconstruct != "none":
+        need += weights  # the dense copy reconstruction fits to
     have = available_bytes()
     if need <= have:
         return False

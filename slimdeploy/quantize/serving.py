@@ -60,16 +60,3 @@ def check_scheme_served(scheme: dict | None, on_cuda: bool) -> str | None:
             "AVX-512 host or a GPU"
         )
     return "bfloat16"  # the CPU W4A16 kernel runs bf16 activations only
-
-
-@torch.no_grad()
-def teacher_forced_agreement(model, config: dict, prompts: list[list[int]], tokens: list[list[int]]) -> dict:
-    """Fraction of positions where the simulation's next-token argmax equals the runtime's greedy token."""
-    agree = total = 0
-    device = next(model.parameters()).device
-    for prompt, got in zip(prompts, tokens, strict=True):
-        ids = torch.tensor([prompt + got[:-1]], device=device)
-        pred = model(ids).logits[0, len(prompt) - 1 :].argmax(-1).tolist()
-        agree += sum(int(a == b) for a, b in zip(pred, got, strict=True))
-        total += len(got)
-    return {"positions": total, "agreeing": agree, "agreement": agree / max(total, 1), "floor": AGREEMENT_FLOOR}

@@ -61,7 +61,7 @@ class ExportStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["export"]
     format: str = Field(description=f"one of {', '.join(export_formats())} (export/registry.py)")
-    dtype: Literal["fp32", "fp16", "bf16", "int4"] = Field(
+    dtype: Literal["fp32", "fp16", "bf16", "int4", "int8"] = Field(
         "fp32", description=f"per format: { {f: list(get_exporter(f).dtypes) for f in export_formats()} }"
     )
     tp_size: int = Field(1, ge=1, description="report tensor-parallel readiness for this size")

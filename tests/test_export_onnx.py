@@ -120,7 +120,7 @@ def test_int8_export_quantizes_weights_per_channel_and_agrees(tmp_path):
     down = model.model.layers[-1].mlp.down_proj.weight.detach().numpy().T  # (in, out), as ONNX's MatMul reads it
     scales = {n: a for n, a in inits.items() if n.endswith("_scale") and a.shape == (down.shape[1],)}
     matches = 0
-    for name, q in inits.items():
+    for q in inits.values():
         if q.dtype != np.int8 or q.shape != down.shape:
             continue
         for scale in scales.values():

@@ -163,8 +163,15 @@ def reconstruct_shot(model, dense, batches: torch.Tensor, config: PruneConfig, p
 
     t = time.perf_counter()
     rows = reconstruct(
-        model, dense, batches, config.reconstruct, config.reconstruct_target,
-        steps=config.reconstruct_steps, lr=config.reconstruct_lr, seed=config.seed, progress=progress,
+        model,
+        dense,
+        batches,
+        config.reconstruct,
+        config.reconstruct_target,
+        steps=config.reconstruct_steps,
+        lr=config.reconstruct_lr,
+        seed=config.seed,
+        progress=progress,
     )
     n = len(rows)
     return {

@@ -183,8 +183,16 @@ def layer_error(layer, dense_layer, hidden: list, kwargs: dict) -> float:
 
 
 def reconstruct(
-    model, dense, batches: torch.Tensor, method: str, target: str, steps: int = 0, lr: float = 1e-4,
-    damp: float = 0.01, seed: int = 0, progress=None,
+    model,
+    dense,
+    batches: torch.Tensor,
+    method: str,
+    target: str,
+    steps: int = 0,
+    lr: float = 1e-4,
+    damp: float = 0.01,
+    seed: int = 0,
+    progress=None,
 ) -> list[dict]:
     """Reconstruct every layer of pruned `model` (in place) from `dense` (same depth, unchanged); returns, per
     layer, the output error against the dense layer on the pruned inputs before and after."""

@@ -19,9 +19,7 @@ from slimdeploy.utils.memory import peak_rss_mb
 def needs_text(config: PruneConfig) -> bool:
     """Data-free criteria (random, l1, l2) prune without calibration text, so without a tokenizer, unless the
     layers are reconstructed afterwards."""
-    return (
-        get_criterion(config.criterion).needs_data or "layer" in config.structures or config.reconstruct != "none"
-    )
+    return get_criterion(config.criterion).needs_data or "layer" in config.structures or config.reconstruct != "none"
 
 
 def _calibration(tokenizer, config: PruneConfig, model_config, source: str, device) -> tuple:

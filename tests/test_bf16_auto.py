@@ -44,12 +44,13 @@ def test_recovery_autocasts_only_where_bf16_is_native(monkeypatch, text_file, to
 
 
 def test_teacher_auto_bf16_follows_the_device(monkeypatch, tmp_path):
-    from slimdeploy.pipeline import runner
+    from slimdeploy.pipeline.kinds import recover
     from slimdeploy.recipe.schema import RecoverStage
+    from slimdeploy.utils import device
 
     build_tiny_model("llama").save_pretrained(tmp_path / "m")
     stage = RecoverStage(kind="recover", kd_weight=0.5, teacher_dtype="auto-bf16")
     for native, want in [(True, torch.bfloat16), (False, torch.float32)]:
-        monkeypatch.setattr(runner, "native_bf16", lambda device, n=native: n)
-        teacher = runner.load_teacher(str(tmp_path / "m"), stage, "cpu", False)
+        monkeypatch.setattr(device, "native_bf16", lambda where, n=native: n)
+        teacher = recover.load_teacher(str(tmp_path / "m"), stage, "cpu", False)
         assert next(teacher.parameters()).dtype == want

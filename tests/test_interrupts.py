@@ -58,7 +58,7 @@ with output_lock(Path(sys.argv[1])):
 
 
 def test_ctrl_c_says_how_to_continue(tmp_path, tokenizer, text_file, capsys, monkeypatch):
-    from slimdeploy.pipeline.stages import STAGES
+    from slimdeploy.pipeline.kinds import KINDS
     from slimdeploy.recipe.schema import PruneStage
 
     model = save_tiny(tmp_path / "m", tokenizer)
@@ -66,7 +66,7 @@ def test_ctrl_c_says_how_to_continue(tmp_path, tokenizer, text_file, capsys, mon
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(STAGES, PruneStage, interrupted)
+    monkeypatch.setattr(KINDS[PruneStage], "run", interrupted)
     args = ["--quiet", "compress", "--recipe", str(_recipe(tmp_path, text_file)), "--model", str(model), "--out", "o"]
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(args, capsys)

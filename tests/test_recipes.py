@@ -163,24 +163,24 @@ def test_existing_output_needs_force(small_dir, tmp_path, capsys):
 
 def test_interrupted_compress_resumes(small_dir, text_file, tmp_path, capsys, monkeypatch):
     """A failure in a late stage leaves .partial state; the re-run continues after the last finished stage."""
-    from slimdeploy.pipeline.stages import STAGES
+    from slimdeploy.pipeline.kinds import KINDS
     from slimdeploy.recipe.schema import MergeStage
 
     out = tmp_path / "out"
     args = _compress_args("20pct", small_dir, text_file, out)
     calls = []
-    real_merge = STAGES[MergeStage]
+    real_merge = KINDS[MergeStage].run
 
     def failing_merge(*a, **k):
         calls.append(1)
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(STAGES, MergeStage, failing_merge)
+    monkeypatch.setattr(KINDS[MergeStage], "run", failing_merge)
     code, _, _ = run_cli(args, capsys)
     assert code == 130 and not out.exists()
     state = json.loads((tmp_path / ".out.partial" / "state.json").read_text())
     assert state["done"] == 4 and state["adapter_pending"]
-    monkeypatch.setitem(STAGES, MergeStage, real_merge)
+    monkeypatch.setattr(KINDS[MergeStage], "run", real_merge)
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())

@@ -33,11 +33,12 @@ def test_ridge_solve_matches_augmented_lstsq():
     acc: dict = {}
     ridge_accumulate(acc, x[:120], y[:120])  # two batches: the sums must add up
     ridge_accumulate(acc, x[120:], y[120:])
-    W = ridge_solve(acc, damp=0.05)
-    # independent: ridge as ordinary least squares on [X; sqrt(lam) I] -> [Y; 0]
+    prior = torch.randn(7, 20, generator=g, dtype=torch.float64)
+    W = ridge_solve(acc, prior, damp=0.05)
+    # independent: ridge toward `prior` as ordinary least squares on [X; sqrt(lam) I] -> [Y; sqrt(lam) prior^T]
     lam = 0.05 * (x * x).sum(0).mean()
     xa = torch.cat([x, lam.sqrt() * torch.eye(20, dtype=torch.float64)])
-    ya = torch.cat([y, torch.zeros(20, 7, dtype=torch.float64)])
+    ya = torch.cat([y, lam.sqrt() * prior.T])
     expected = torch.linalg.lstsq(xa, ya).solution.T
     torch.testing.assert_close(W, expected, rtol=1e-8, atol=1e-10)
 
@@ -67,7 +68,7 @@ def test_local_o_proj_refit_equals_independent_solve():
     X, Y = torch.cat(xs).double(), torch.cat(ys).double()
     lam = 0.01 * (X * X).sum(0).mean()
     Xa = torch.cat([X, lam.sqrt() * torch.eye(X.shape[1], dtype=torch.float64)])
-    Ya = torch.cat([Y, torch.zeros(X.shape[1], Y.shape[1], dtype=torch.float64)])
+    Ya = torch.cat([Y, lam.sqrt() * layer.self_attn.o_proj.weight.detach().double().T])
     expected = torch.linalg.lstsq(Xa, Ya).solution.T.float()
     reconstruct(model, dense, batches, "ridge", "local")
     torch.testing.assert_close(layer.self_attn.o_proj.weight, expected, rtol=1e-4, atol=1e-5)

@@ -85,7 +85,7 @@ def test_teacher_device_is_checked_before_any_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the no-GPU refusal cannot be shown here")
     from slimdeploy.errors import SlimdeployError
-    from slimdeploy.pipeline.runner import load_teacher
+    from slimdeploy.pipeline.kinds.recover import load_teacher
 
     with pytest.raises(SlimdeployError, match="no CUDA device here"):
         from slimdeploy.recipe.schema import RecoverStage

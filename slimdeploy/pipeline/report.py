@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from slimdeploy import __version__
+from slimdeploy.pipeline.kinds import KINDS, kind_of
 from slimdeploy.recipe.schema import Recipe
 
 PACKAGES = (
@@ -39,10 +40,7 @@ def summarize_stages(stages: list[dict]) -> dict:
     """Headline numbers from the stage list: sizes before/after and perplexity per label."""
     load = stages[0]
     last = stages[-1]
-    ppl = {}
-    for s in stages:
-        if s["kind"] == "eval":
-            ppl[s["label"]] = s["ppl"]
+    ppl = dict(m for s in stages if (m := kind_of(s).metric(s)) is not None)
     return {
         "params_before": load["params"],
         "params_after": last["params"],
@@ -81,20 +79,23 @@ def _plots(out: Path, stages: list[dict]) -> list[str]:
         "model size after each stage",
         "#4c72b0",
     )
-    evals = [s for s in stages if s["kind"] == "eval"]
-    if evals:
+    measured = [(s, m) for s in stages if (m := kind_of(s).metric(s)) is not None]
+    if measured:
         bar(
             "perplexity_per_stage.png",
-            [f"{s['index']}:{s['label']}" for s in evals],
-            [s["ppl"] for s in evals],
+            [f"{s['index']}:{label}" for s, (label, _) in measured],
+            [value for _, (_, value) in measured],
             "perplexity",
             "perplexity at each eval stage",
             "#dd8452",
         )
-    benches = [s for s in stages if s["kind"] == "bench"]
-    if benches:  # the serving plot is drawn by the bench stage itself (write_bench), next to its bench.json
-        files.append(str(Path(benches[-1]["path"]).with_name("bench.png")))
+    for kind in KINDS.values():  # plots the stages drew themselves (bench.png beside bench.json)
+        files += kind.plots(_of_kind(stages, kind.name))
     return files
+
+
+def _of_kind(stages: list[dict], name: str) -> list[dict]:
+    return [s for s in stages if s["kind"] == name]
 
 
 def write_outputs(
@@ -136,10 +137,13 @@ def write_outputs(
         "|---|---|---|---|---|---|",
     ]
     for s in stages[1:]:
-        ppl = f"{s['ppl']:.3f} ({s['label']})" if s["kind"] == "eval" else ""
+        m = kind_of(s).metric(s)
+        ppl = f"{m[1]:.3f} ({m[0]})" if m else ""
         lines.append(f"| {s['index']} | {s['kind']} | {s['seconds']} | {s['peak_rss_mb']} | {s['params']:,} | {ppl} |")
-    lines += [""] + [_artifact_line(s) for s in stages if s["kind"] in ("export", "bench")]
-    lines += _budget_lines(stages) + _zero_shot_lines(stages) + _sample_lines(report["samples"])
+    lines += [""] + [line for s in stages for line in kind_of(s).artifact_lines(s)]
+    lines += _budget_lines(stages)
+    lines += [line for kind in KINDS.values() for line in kind.section(_of_kind(stages, kind.name))]
+    lines += _sample_lines(report["samples"])
     lines += (
         [""]
         + [f"![{p}]({p})" for p in plots]
@@ -171,34 +175,13 @@ def write_outputs(
     return report
 
 
-def _artifact_line(s: dict) -> str:
-    if s["kind"] == "export":
-        from slimdeploy.export.verify import verification_line
-
-        v = s.get("verification")
-        check = verification_line(v)
-        if v and "atol" in v:
-            check += f"; logits within atol {v['atol']} / rtol {v['rtol']} (max |diff| {v['max_abs_logit_diff']})"
-        return f"- export `{s['path']}`: {check}"
-    parts = [
-        f"concurrency {c}: decode {v['decode_speedup']:.2f}x (ideal {v['ideal_speedup']:.2f}x), throughput "
-        f"{v['throughput_speedup']:.2f}x"
-        for c, v in s["vs_baseline"].items()
-    ]
-    return f"- bench (`{s['path']}`, {s['backend']} backend): " + "; ".join(parts)
-
-
 def _per_layer(out: Path) -> bool:
     return "slimdeploy_layer_widths" in (out / "config.json").read_text()
 
 
 def stage_tokens(s: dict) -> int | None:
-    """Tokens a stage consumed: calibration windows for prune, optimizer tokens for recover."""
-    if s["kind"] == "prune" and s.get("calibration"):
-        return s["calibration"].get("n_samples", 0) * s["calibration"].get("seq_len", 0)
-    if s["kind"] == "recover":
-        return s.get("tokens")
-    return None
+    """Tokens a stage consumed (calibration windows, optimizer tokens), as its kind counts them."""
+    return kind_of(s).tokens(s)
 
 
 def _budget_lines(stages: list[dict]) -> list[str]:
@@ -206,20 +189,6 @@ def _budget_lines(stages: list[dict]) -> list[str]:
     if not rows:
         return []
     return ["", "Token budgets: " + "; ".join(f"stage {i} ({k}) {n:,} tokens" for i, k, n in rows)]
-
-
-def _zero_shot_lines(stages: list[dict]) -> list[str]:
-    rows = [s for s in stages if s["kind"] == "eval" and s.get("zero_shot")]
-    if not rows:
-        return []
-    tasks = list(rows[0]["zero_shot"]["tasks"])
-    lines = ["", "Zero-shot accuracy (lm-eval, acc +- stderr):", "", "| stage | " + " | ".join(tasks) + " | mean |"]
-    lines.append("|---" * (len(tasks) + 2) + "|")
-    for s in rows:
-        zs = s["zero_shot"]
-        cells = [f"{zs['tasks'][t]['acc']:.3f} +- {zs['tasks'][t]['acc_stderr']:.3f}" for t in tasks]
-        lines.append(f"| {s['index']} ({s['label']}) | " + " | ".join(cells) + f" | {zs['mean_acc']:.3f} |")
-    return lines
 
 
 def _sample_lines(samples: dict) -> list[str]:

@@ -1,6 +1,6 @@
 """run(): a recipe's stages top to bottom, resumable, ending in one output directory renamed into place.
 
-The loop only calls the registered stage functions (pipeline/stages.py) with the typed PipelineState.
+The loop only asks each stage's kind (pipeline/kinds/) to run it with the typed PipelineState; it names none.
 
 Work happens in `.<out>.partial/` beside the output. After every stage the current model (and, between
 recover and merge, the adapter) and `state.json` are saved there, so re-running the same command continues
@@ -22,13 +22,13 @@ from slimdeploy.errors import SlimdeployError
 from slimdeploy.evaluate.samples import greedy_answers
 from slimdeploy.load.checkpoint import save_model
 from slimdeploy.load.model import load_model
+from slimdeploy.pipeline.kinds import KINDS, kind_of
 from slimdeploy.pipeline.preflight import preflight
-from slimdeploy.pipeline.stages import stage_function
 from slimdeploy.pipeline.state import PipelineState, StageContext
 from slimdeploy.prune.record import PruneRecord, plan_from_json, plan_to_json, record_for
 from slimdeploy.recipe.loader import dump_recipe, recipe_hash
-from slimdeploy.recipe.schema import Recipe, RecoverStage
-from slimdeploy.utils.device import native_bf16, resolve_device
+from slimdeploy.recipe.schema import Recipe
+from slimdeploy.utils.device import resolve_device
 from slimdeploy.utils.distributed import broadcast, init_from_env, world
 from slimdeploy.utils.fs import check_output, output_lock, write_marker
 from slimdeploy.utils.memory import peak_rss_mb
@@ -130,12 +130,10 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         load_entry = {"kind": "load", "source": state.source, "samples": before}
         state.stages.append({**load_entry, **param_stats(state.model)})
         start = 0
-    kd = [s for s in recipe.stages[start:] if isinstance(s, RecoverStage) and s.kd_weight > 0]
-    if kd:  # the unpruned model, in the dtype and on the device the first distilling stage asks for
-        state.teacher = load_teacher(model_spec, kd[0], device, trust_remote_code)
     n = len(recipe.stages)
     for i, cfg in enumerate(recipe.stages[start:], start=start):
-        if isinstance(cfg, RecoverStage) and world()[1] > 1:  # the other ranks resume from here and join
+        kind = kind_of(cfg)
+        if kind.data_parallel and world()[1] > 1:  # the other ranks resume from here and join
             if not (work / "state.json").exists() or json.loads((work / "state.json").read_text())["done"] != i:
                 _save_state(work, state, i, rhash)
             broadcast({"stage": i, "work": str(work), "rhash": rhash})
@@ -144,7 +142,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
         try:
             with bar if bar else nullcontext() as update:
                 ctx = StageContext(recipe, model_spec, work, trust_remote_code, update, device)
-                result = stage_function(cfg)(state, cfg, ctx)
+                result = kind.run(state, cfg, ctx)
         except KeyboardInterrupt:
             raise Interrupted(
                 f"interrupted in stage {i + 1}/{n} ({cfg.kind}); the {i} finished stages are "
@@ -162,7 +160,7 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     final.mkdir()
     save_model(state.model, state.tokenizer, final, state.record)
     sweep_work(work)  # no half-written export or bench folder travels into the output
-    for produced in ("exports", "bench"):
+    for produced in (p for kind in KINDS.values() for p in kind.products):
         if (work / produced).exists():
             shutil.move(str(work / produced), str(final / produced))
     (final / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -187,23 +185,10 @@ def _follow(recipe: Recipe, model_spec: str | None, trust_remote_code: bool) -> 
         assert resumed is not None and resumed[1] == msg["stage"], "rank 0 saves the state before announcing"
         state, i = resumed
         cfg = recipe.stages[i]
-        assert isinstance(cfg, RecoverStage)
-        if cfg.kd_weight > 0:
-            state.teacher = load_teacher(model_spec, cfg, device, trust_remote_code)
+        assert kind_of(cfg).data_parallel
         ctx = StageContext(recipe, model_spec, Path(msg["work"]), trust_remote_code, None, device)
-        stage_function(cfg)(state, cfg, ctx)
+        kind_of(cfg).run(state, cfg, ctx)
     return None
-
-
-def load_teacher(model_spec: str | None, cfg: RecoverStage, device: str, trust_remote_code: bool):
-    """The unpruned model in the dtype and on the device `cfg` asks for (`same`: the student's `device`)."""
-    where = device if cfg.teacher_device == "same" else cfg.teacher_device
-    where = resolve_device(where, "recover.teacher_device")  # before the teacher's weights are read
-    dtype = cfg.teacher_dtype
-    if dtype == "auto-bf16":
-        dtype = "bf16" if native_bf16(where) else "fp32"
-    teacher = load_model(model_spec, dtype, trust_remote_code, with_tokenizer=False, device=where).model
-    return teacher.eval().requires_grad_(False)
 
 
 class Interrupted(SlimdeployError):
@@ -211,16 +196,16 @@ class Interrupted(SlimdeployError):
 
 
 def sweep_work(work: Path) -> list[str]:
-    """Remove what a killed run leaves half-written inside the work dir: temporaries of the export, bench
-    and atomic-dir steps (finished exports and bench reports are kept)."""
+    """Remove what a killed run leaves half-written inside the work dir: the stage kinds' scratch folders and
+    the atomic-dir temporaries inside their products (finished exports and bench reports are kept)."""
     removed = []
-    for name in ("export_src", "bench_src", "bench_runtime", "bench-partial", "model.next"):
+    for name in ("model.next", *(s for kind in KINDS.values() for s in kind.scratch)):
         if (work / name).exists():
             shutil.rmtree(work / name, ignore_errors=True)
             removed.append(name)
-    exports = work / "exports"
-    if exports.is_dir():
-        for stale in list(exports.glob(".*")):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-            removed.append(f"exports/{stale.name}")
+    for produced in (p for kind in KINDS.values() for p in kind.products):
+        if (work / produced).is_dir():
+            for stale in list((work / produced).glob(".*")):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+                removed.append(f"{produced}/{stale.name}")
     return removed

@@ -1,8 +1,8 @@
 """The typed objects a recipe run passes between stages: state in, result out, context alongside.
 
 Every stage is `run(state: PipelineState, config: <its stage config>, ctx: StageContext) -> StageResult`
-(pipeline/stages.py). What the run knows about the model (what was pruned, the adapter being trained, the
-plan still to slice, the teacher) lives here, never as attributes on the model.
+(each kind's `run`, pipeline/kinds/). What the run knows about the model (what was pruned, the adapter being
+trained, the plan still to slice, the teacher) lives here, never as attributes on the model.
 """
 
 from __future__ import annotations

@@ -138,7 +138,9 @@ def prune(
         if after != plan.predicted_params:
             raise AssertionError(f"plan predicted {plan.predicted_params} parameters, slicing left {after}")
         shots.append({"shot": shot, "params": after})
-    rebuilt = reconstruct_shot(model, dense, batches, config, progress) if dense is not None else None
+    rebuilt = None
+    if dense is not None and batches is not None:  # _dense_copy refused reconstruct without batches
+        rebuilt = reconstruct_shot(model, dense, batches, config, progress)
     report = prune_report(model, p0, config, update, shots, t0)
     if rebuilt is not None:
         report["reconstruct"] = rebuilt

@@ -34,14 +34,17 @@ def ridge_accumulate(acc: Acc, x: torch.Tensor, y: torch.Tensor) -> None:
         acc["ytx"].addmm_(y2.T, x2)
 
 
-def ridge_solve(acc: Acc, damp: float = 0.01) -> torch.Tensor:
-    """argmin_W sum ||y - W x||^2 + lam ||W||^2 with lam = damp * mean(diag X X^T) (GPTQ's damping: calibration
-    activations are often rank-deficient); returns W (out x in) in fp64."""
+def ridge_solve(acc: Acc, prior: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
+    """argmin_W sum ||y - W x||^2 + lam ||W - prior||^2, lam = damp * mean(diag X X^T) (GPTQ's damping:
+    calibration activations are often rank-deficient). The damping pulls toward the current weights `prior`,
+    not toward zero: LLM activations have a few channels thousands of times larger than the rest, which set
+    lam, and shrinking every other column to zero would do more harm than the fit repairs. Returns W (out x
+    in) in fp64: W (X X^T + lam I) = Y X^T + lam prior."""
     xtx = acc["xtx"].clone()
     lam = damp * xtx.diagonal().mean().clamp_min(1e-12)
     xtx.diagonal().add_(lam)
-    # W (X X^T + lam I) = Y X^T, solved as (X X^T + lam I) W^T = X Y^T (symmetric)
-    return torch.linalg.solve(xtx, acc["ytx"].T).T
+    rhs = acc["ytx"] + lam * prior.double()
+    return torch.linalg.solve(xtx, rhs.T).T  # X X^T + lam I is symmetric
 
 
 def _run(layer, h: torch.Tensor, kwargs: dict) -> torch.Tensor:
@@ -89,7 +92,7 @@ def refit_consumer(layer, name: str, xs: list[torch.Tensor], ys: list[torch.Tens
     acc: Acc = {}
     for x, y in zip(xs, ys):
         ridge_accumulate(acc, x, y)
-    lin.weight.copy_(ridge_solve(acc, damp).to(lin.weight.dtype))
+    lin.weight.copy_(ridge_solve(acc, lin.weight, damp).to(lin.weight.dtype))
 
 
 @torch.no_grad()

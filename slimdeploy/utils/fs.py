@@ -192,3 +192,13 @@ def atomic_dir(out: Path, force: bool = False, inputs: Iterable[str | Path | Non
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
+
+
+def fresh_dir(folder: Path) -> Path:
+    """`folder` emptied (removed if it exists, then created): a stage's scratch space inside the work dir."""
+    import shutil
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir()
+    return folder

@@ -160,3 +160,28 @@ def test_kill_9_during_vllm_verification_leaves_no_process(tmp_path, tokenizer):
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob(".v.*"))  # ... the next one swept it
     assert not [p for p in (tmp_path / "v").iterdir() if ".partial" in p.name]
+
+
+def test_failure_while_writing_the_report_keeps_the_exports(tmp_path, tokenizer, text_file, capsys, monkeypatch):
+    """The products (exports, bench) are moved into the final folder before the reports are written; a failure
+    there must not lose them on the re-run (seen: a resumed run wrote a report naming exports it no longer had)."""
+    import yaml
+
+    from slimdeploy.pipeline import report
+
+    model = save_tiny(tmp_path / "m", tokenizer)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "r", "stages": [{"kind": "export", "format": "onnx", "verify": False}]}))
+    real = report.write_outputs
+
+    def failing(*a, **k):
+        raise RuntimeError("disk hiccup")
+
+    monkeypatch.setattr(report, "write_outputs", failing)
+    args = ["--quiet", "compress", "--recipe", str(recipe), "--model", str(model), "--out", str(tmp_path / "o")]
+    code, _, _ = run_cli(args, capsys)
+    assert code != 0 and not (tmp_path / "o").exists()
+    monkeypatch.setattr(report, "write_outputs", real)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (tmp_path / "o" / "exports" / "onnx" / "model.onnx").exists()

@@ -155,7 +155,10 @@ def _run_locked(recipe, model_spec, out: Path, work: Path, force, trust_remote_c
     if world()[1] > 1:
         broadcast(None)  # the other ranks are done
     final = work / "final"
-    if final.exists():
+    if final.exists():  # a run that failed after moving its products in: take them back before clearing it
+        for produced in (p for kind in KINDS.values() for p in kind.products):
+            if (final / produced).exists() and not (work / produced).exists():
+                shutil.move(str(final / produced), str(work / produced))
         shutil.rmtree(final)
     final.mkdir()
     save_model(state.model, state.tokenizer, final, state.record)

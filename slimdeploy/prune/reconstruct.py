@@ -97,7 +97,7 @@ def refit_consumer(layer, name: str, xs: list[torch.Tensor], ys: list[torch.Tens
 
 @torch.no_grad()
 def _ridge_layer(layer, dense_layer, hidden: list, dense_hidden: list, kwargs: dict, target: str, damp: float):
-    """Refit o_proj then down_proj of one pruned layer; returns the dense targets (mid, out) used."""
+    """Refit o_proj then down_proj of one pruned layer; returns the dense layer outputs it targeted."""
     lin = linears(layer)
     if target == "stream":  # the dense model's own stream at this depth
         mids, outs = _dense_targets(dense_layer, dense_hidden, kwargs)
@@ -129,7 +129,7 @@ def _ridge_layer(layer, dense_layer, hidden: list, dense_hidden: list, kwargs: d
     finally:
         _release(handles + in_handles)
     refit_consumer(layer, "down", xs, ys, damp)
-    return mids, outs
+    return outs
 
 
 def _float_kwargs(kwargs: dict, dtype) -> dict:
@@ -203,20 +203,20 @@ def reconstruct(
 
     with torch.no_grad():
         hidden, kwargs = catch_layer0_inputs(model, batches)
-        dense_hidden = [h.clone() for h in hidden]  # embeddings are never pruned: the same inputs
+        # embeddings are never pruned: the dense stream starts from the same inputs (read by stream targets only)
+        dense_hidden = [h.clone() for h in hidden] if target == "stream" else []
     layers, dense_layers = decoder_layers(model), decoder_layers(dense)
     report = []
     for li, (layer, dl) in enumerate(zip(layers, dense_layers)):
         before = layer_error(layer, dl, hidden, kwargs)
-        mids, outs = _ridge_layer(layer, dl, hidden, dense_hidden, kwargs, target, damp)
+        outs = _ridge_layer(layer, dl, hidden, dense_hidden, kwargs, target, damp)
         if method == "block":
             block_steps(layer, hidden, outs, kwargs, steps, lr, seed + li)
         after = layer_error(layer, dl, hidden, kwargs)
         report.append({"layer": li, "mse_before": before, "mse_after": after})
         with torch.no_grad():  # next layer's inputs: each model's own outputs
             hidden = [_run(layer, h, kwargs) for h in hidden]
-            dense_hidden = outs if target == "stream" else []  # local targets never read the dense stream
-        del mids
+            dense_hidden = outs if target == "stream" else []
         if progress:
             progress(li + 1, len(layers))
     return report
